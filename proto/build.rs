@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     config.include_file("distd_protos.rs");
+    // Blob chunks travel as `Bytes`, so they are handed through without copies.
+    config.bytes(["."]);
     tonic_prost_build::configure().compile_with_config(config, &protos, &["."])?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -1,0 +1,50 @@
+//! The gRPC services on the Unix socket. Each handler validates and converts
+//! its request, calls the store, and maps the error through [`status`] —
+//! the one place where error classes become gRPC codes.
+
+mod content;
+mod convert;
+mod images;
+mod leases;
+mod status;
+mod store;
+
+use std::future::Future;
+
+use distd_proto::distd::v1 as pb;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::store::Store;
+
+pub use status::status;
+
+/// Largest gRPC message accepted: a 1 MiB chunk plus headroom.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Serves every service on `listener` until `shutdown` resolves, then stops
+/// accepting and waits for in-flight calls.
+pub async fn serve(
+    store: Store,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let content =
+        pb::content_server::ContentServer::new(content::ContentService::new(store.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .add_service(content)
+        .add_service(pb::images_server::ImagesServer::new(
+            images::ImagesService::new(store.clone()),
+        ))
+        .add_service(pb::leases_server::LeasesServer::new(
+            leases::LeasesService::new(store.clone()),
+        ))
+        .add_service(pb::store_server::StoreServer::new(
+            store::StoreService::new(store.clone()),
+        ))
+        .add_service(pb::system_server::SystemServer::new(store::SystemService))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+}

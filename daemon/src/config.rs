@@ -1,0 +1,306 @@
+//! The daemon's configuration: one TOML file, every key optional, flags on
+//! top. Sizes and durations are written the way people write them ("10GiB",
+//! "80%", "24h"); a bad value is reported with the key that holds it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// The offending key, dotted.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Store directory.
+    pub root: Option<PathBuf>,
+    /// Unix socket of the gRPC API.
+    pub socket: Option<PathBuf>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Content store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Garbage collection.
+    #[serde(default)]
+    pub gc: GcConfig,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: Option<LogFormat>,
+    /// A `tracing` filter such as `info` or `distd=debug`; `RUST_LOG` wins.
+    pub level: Option<String>,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// How long an ingest that no lease protects survives without a write.
+    #[serde(with = "humantime_serde_lite")]
+    pub ingest_expiry: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            ingest_expiry: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `[gc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Above this, unreferenced content is evicted, least recently used first.
+    pub high_watermark: Option<Watermark>,
+    /// Eviction stops below this.
+    pub low_watermark: Option<Watermark>,
+    /// How often usage is checked against the high watermark.
+    #[serde(with = "humantime_serde_lite")]
+    pub check_interval: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            high_watermark: None,
+            low_watermark: None,
+            check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A disk-usage threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Watermark {
+    /// Bytes of committed content in the store.
+    Bytes(u64),
+    /// Percent of the store's filesystem in use (by anything).
+    Percent(f64),
+}
+
+impl<'de> Deserialize<'de> for Watermark {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(bytes) => Ok(Watermark::Bytes(bytes)),
+            Raw::Text(text) => parse_watermark(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses "80%", "10GiB", "500MB", "1048576".
+pub fn parse_watermark(text: &str) -> Result<Watermark, String> {
+    let text = text.trim();
+    if let Some(number) = text.strip_suffix('%') {
+        let percent: f64 = number
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a percentage like \"80%\""))?;
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(format!("{text:?} is not between 0% and 100%"));
+        }
+        return Ok(Watermark::Percent(percent));
+    }
+    parse_size(text).map(Watermark::Bytes)
+}
+
+/// Parses a size with an optional unit: B, KB/MB/GB/TB (powers of 1000) or
+/// KiB/MiB/GiB/TiB (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like \"10GiB\" or \"500MB\""))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "MB" => 1000_u64.pow(2),
+        "GB" => 1000_u64.pow(3),
+        "TB" => 1000_u64.pow(4),
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        other => return Err(format!("{text:?} has an unknown unit {other:?}")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Serde adapter for human-readable durations ("30s", "24h").
+mod humantime_serde_lite {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\": {e}"))
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let gc = &self.gc;
+        match (gc.high_watermark, gc.low_watermark) {
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "gc.low_watermark",
+                    message:
+                        "set gc.high_watermark too: the low mark only says where eviction stops"
+                            .into(),
+                });
+            }
+            (Some(Watermark::Bytes(high)), Some(Watermark::Bytes(low))) if low > high => {
+                return Err(ConfigError::Invalid {
+                    key: "gc.low_watermark",
+                    message: format!("{low} bytes is above gc.high_watermark ({high} bytes)"),
+                });
+            }
+            (Some(Watermark::Percent(high)), Some(Watermark::Percent(low))) if low > high => {
+                return Err(ConfigError::Invalid {
+                    key: "gc.low_watermark",
+                    message: format!("{low}% is above gc.high_watermark ({high}%)"),
+                });
+            }
+            (Some(Watermark::Bytes(_)), Some(Watermark::Percent(_)))
+            | (Some(Watermark::Percent(_)), Some(Watermark::Bytes(_))) => {
+                return Err(ConfigError::Invalid {
+                    key: "gc.low_watermark",
+                    message: "use the same form (bytes or percent) as gc.high_watermark".into(),
+                });
+            }
+            _ => {}
+        }
+        if gc.check_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "gc.check_interval",
+                message: "must be longer than zero".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The low watermark in force: the configured one, else the high one.
+    pub fn low_watermark(&self) -> Option<Watermark> {
+        self.gc.low_watermark.or(self.gc.high_watermark)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_percentages_parse() {
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("42"), Ok(42));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5XB").is_err());
+        assert_eq!(parse_watermark("80%"), Ok(Watermark::Percent(80.0)));
+        assert!(parse_watermark("180%").is_err());
+    }
+
+    #[test]
+    fn a_full_file_parses_and_an_unknown_key_is_named() {
+        let config: Config = toml::from_str(
+            r#"
+            root = "/tmp/x"
+            [gc]
+            high_watermark = "40MiB"
+            low_watermark = 1000
+            check_interval = "2s"
+            [store]
+            ingest_expiry = "1h"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.gc.high_watermark, Some(Watermark::Bytes(40 << 20)));
+        assert_eq!(config.store.ingest_expiry, Duration::from_secs(3600));
+        config.validate().unwrap();
+        let err = toml::from_str::<Config>("[gc]\nhigh_water = 1").unwrap_err();
+        assert!(err.to_string().contains("high_water"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_watermarks_are_refused() {
+        let config: Config =
+            toml::from_str("[gc]\nhigh_watermark = \"10MiB\"\nlow_watermark = \"20MiB\"").unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("gc.low_watermark"), "{err}");
+    }
+}

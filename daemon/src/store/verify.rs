@@ -1,0 +1,127 @@
+//! Verify: re-hash every blob and compare the files with the metadata.
+
+use std::collections::HashSet;
+
+use distd_sdk::{Algorithm, Digest};
+
+use super::Store;
+use super::ingest::rehash;
+use crate::error::{Result, StoreError};
+use crate::meta;
+
+/// What is wrong with one blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// Recorded, but the file is gone.
+    Missing,
+    /// The file's size or hash is wrong.
+    Corrupt,
+    /// A file the metadata does not know.
+    Orphan,
+}
+
+/// One problem found.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// Its kind.
+    pub kind: ProblemKind,
+    /// The digest (or file name, for an orphan that is not a digest).
+    pub digest: String,
+    /// What was found.
+    pub detail: String,
+}
+
+/// What Verify found.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Blobs checked.
+    pub checked_count: u64,
+    /// Bytes hashed.
+    pub checked_bytes: u64,
+    /// Problems, in digest order.
+    pub problems: Vec<Problem>,
+}
+
+impl Store {
+    /// Re-hashes every blob; reports missing, corrupt and orphan files.
+    pub async fn verify(&self) -> Result<VerifyReport> {
+        let rows = self
+            .meta()
+            .run(|conn| meta::blobs::list(conn, "", ""))
+            .await?;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || verify_blocking(&store, rows)).await?
+    }
+}
+
+fn verify_blocking(store: &Store, rows: Vec<meta::blobs::BlobRow>) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let mut known = HashSet::new();
+    for row in rows {
+        known.insert(row.digest.clone());
+        let digest = match Digest::parse(&row.digest) {
+            Ok(d) => d,
+            Err(e) => {
+                report.problems.push(Problem {
+                    kind: ProblemKind::Corrupt,
+                    digest: row.digest.clone(),
+                    detail: format!("the metadata holds a malformed digest: {e}"),
+                });
+                continue;
+            }
+        };
+        let path = store.blob_path(&digest);
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                report.problems.push(Problem {
+                    kind: ProblemKind::Missing,
+                    digest: row.digest.clone(),
+                    detail: format!("{} does not exist", path.display()),
+                });
+                continue;
+            }
+            Err(e) => return Err(StoreError::io(format!("reading {}", path.display()))(e)),
+        };
+        report.checked_count += 1;
+        report.checked_bytes += size;
+        if i64::try_from(size).ok() != Some(row.size) {
+            report.problems.push(Problem {
+                kind: ProblemKind::Corrupt,
+                digest: row.digest.clone(),
+                detail: format!("file holds {size} bytes, metadata says {}", row.size),
+            });
+            continue;
+        }
+        let actual = rehash(&path, digest.algorithm())?;
+        if actual != digest {
+            report.problems.push(Problem {
+                kind: ProblemKind::Corrupt,
+                digest: row.digest.clone(),
+                detail: format!("file hashes to {actual}"),
+            });
+        }
+    }
+    for algorithm in Algorithm::ALL {
+        let dir = store.blob_dir(algorithm);
+        let entries = std::fs::read_dir(&dir)
+            .map_err(StoreError::io(format!("listing {}", dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(format!("listing {}", dir.display())))?;
+            let name = format!(
+                "{}:{}",
+                algorithm.name(),
+                entry.file_name().to_string_lossy()
+            );
+            if !known.contains(&name) {
+                report.problems.push(Problem {
+                    kind: ProblemKind::Orphan,
+                    digest: name,
+                    detail: format!("{} is not recorded in the metadata", entry.path().display()),
+                });
+            }
+        }
+    }
+    report.problems.sort_by(|a, b| a.digest.cmp(&b.digest));
+    Ok(report)
+}
