@@ -260,3 +260,6 @@ pub fn remove_dir_if_present(path: &Path) -> Result<()> {
         Err(e) => Err(StoreError::io(format!("removing {}", path.display()))(e)),
     }
 }
+
+#[cfg(test)]
+mod tests;
