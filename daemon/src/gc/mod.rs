@@ -95,10 +95,10 @@ pub fn mark(conn: &rusqlite::Connection, store: &Store) -> Result<Marked> {
     }
     let mut reached: HashSet<String> = HashSet::with_capacity(roots.len());
     while let Some(digest) = roots.pop() {
-        if reached.insert(digest.clone()) {
-            if let Some(kids) = children.get(&digest) {
-                roots.extend(kids.iter().filter(|k| !reached.contains(*k)).cloned());
-            }
+        if reached.insert(digest.clone())
+            && let Some(kids) = children.get(&digest)
+        {
+            roots.extend(kids.iter().filter(|k| !reached.contains(*k)).cloned());
         }
     }
     let (referenced, unreferenced) = meta::blobs::all_by_last_used(conn)?
@@ -170,10 +170,10 @@ fn select(
     };
     let mut freed = 0u64;
     for row in marked.unreferenced {
-        if let Policy::Evict { bytes } = policy {
-            if freed >= bytes {
-                break;
-            }
+        if let Policy::Evict { bytes } = policy
+            && freed >= bytes
+        {
+            break;
         }
         let size = u64::try_from(row.size).unwrap_or(0);
         freed += size;

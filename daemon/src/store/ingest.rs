@@ -132,13 +132,12 @@ impl IngestWriter {
     pub async fn open(store: &Store, open: OpenIngest) -> Result<IngestWriter> {
         validate_ref(&open.reference)?;
         let guard = store.locks().acquire(&open.reference)?;
-        if let Some(expected) = &open.expected {
-            if store
+        if let Some(expected) = &open.expected
+            && store
                 .lease_existing(expected, open.lease_id.as_deref())
                 .await?
-            {
-                return Err(StoreError::BlobExists(expected.clone()));
-            }
+        {
+            return Err(StoreError::BlobExists(expected.clone()));
         }
         let now = now_ms();
         let dir = dir_name(&open.reference);
