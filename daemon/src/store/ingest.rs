@@ -8,10 +8,10 @@ use distd_sdk::{Algorithm, Digest, Hasher, media};
 use tokio::task::spawn_blocking;
 
 use super::locks::IngestGuard;
-use super::{Store, remove_dir_if_present, sync_dir};
+use super::publish::PublishJob;
+use super::{Store, remove_dir_if_present};
 use crate::error::{Result, StoreError};
-use crate::failpoint;
-use crate::meta::{self, blobs::BlobRow, ingests::IngestRow, now_ms};
+use crate::meta::{self, ingests::IngestRow, now_ms};
 
 /// Longest ingest ref accepted.
 pub const MAX_REF_BYTES: usize = 512;
@@ -365,72 +365,19 @@ impl IngestWriter {
     }
 
     async fn publish(self, digest: Digest, children: Vec<String>) -> Result<(Digest, u64)> {
-        let store = self.store.clone();
-        let _publish = store.publish_lock().lock().await;
-        if store
-            .lease_existing(&digest, self.lease_id.as_deref())
-            .await?
-        {
-            self.discard().await?;
-            return Err(StoreError::BlobExists(digest));
-        }
-        let reference = self.row.reference.clone();
-        let intent = digest.to_string();
-        store
-            .meta()
-            .run(move |conn| meta::ingests::set_committing(conn, &reference, Some(&intent)))
-            .await?;
-        failpoint::hit(failpoint::COMMIT_BEFORE_RENAME);
-        let target = store.blob_path(&digest);
-        let source = self.data_path.clone();
-        let blob_dir = store.blob_dir(digest.algorithm());
-        spawn_blocking(move || {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o444))
-                .and_then(|()| std::fs::rename(&source, &target))
-                .map_err(StoreError::io(format!("publishing {}", target.display())))?;
-            sync_dir(&blob_dir)
-        })
-        .await??;
-        failpoint::hit(failpoint::COMMIT_AFTER_RENAME);
-        let now = now_ms();
-        let row = BlobRow {
-            digest: digest.to_string(),
-            size: i64::try_from(self.offset).unwrap_or(i64::MAX),
+        let job = PublishJob {
+            reference: self.row.reference.clone(),
+            dir: self.row.dir.clone(),
+            data_path: self.data_path.clone(),
+            digest: digest.clone(),
+            size: self.offset,
             media_type: self.row.media_type.clone(),
-            created_at: now,
-            last_used: now,
+            children,
+            lease_id: self.lease_id.clone(),
         };
-        let reference = self.row.reference.clone();
-        store
-            .meta()
-            .run(move |conn| record_commit(conn, &reference, &row, &children))
-            .await?;
-        failpoint::hit(failpoint::COMMIT_AFTER_RECORD);
-        if let Err(e) = remove_dir_if_present(&store.ingest_dir(&self.row.dir)) {
-            // The blob is published; a leftover directory is cleaned at startup.
-            tracing::warn!(error = %e, "could not remove a committed ingest's directory");
-        }
-        store.committed().notify_one();
-        tracing::debug!(%digest, size = self.offset, "committed");
+        self.store.publish(job).await?;
         Ok((digest, self.offset))
     }
-}
-
-/// Records a published blob, moves lease holds from the ingest to the blob,
-/// and forgets the ingest, in one transaction.
-pub(super) fn record_commit(
-    conn: &mut rusqlite::Connection,
-    reference: &str,
-    row: &BlobRow,
-    children: &[String],
-) -> Result<()> {
-    let tx = conn.transaction()?;
-    meta::blobs::insert(&tx, row, children)?;
-    meta::leases::ingest_committed(&tx, reference, &row.digest)?;
-    meta::ingests::delete(&tx, reference)?;
-    tx.commit()?;
-    Ok(())
 }
 
 /// The algorithm to hash an ingest with: the expected digest's, else sha256.

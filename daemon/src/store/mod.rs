@@ -20,6 +20,7 @@
 
 mod ingest;
 mod locks;
+mod publish;
 mod read;
 mod recover;
 mod verify;
@@ -48,8 +49,10 @@ struct Inner {
     root: PathBuf,
     meta: Meta,
     locks: IngestLocks,
-    /// Held while publishing a blob, deleting one, or sweeping.
+    /// Held while publishing a group of blobs, deleting one, or sweeping.
     publish: Mutex<()>,
+    /// Commits waiting for the next group publish.
+    pending: std::sync::Mutex<Vec<publish::Pending>>,
     ingest_expiry: Duration,
     /// Woken after each commit (the watermark collector listens).
     committed: Notify,
@@ -81,6 +84,7 @@ impl Store {
                 meta,
                 locks: IngestLocks::default(),
                 publish: Mutex::new(()),
+                pending: std::sync::Mutex::new(Vec::new()),
                 ingest_expiry: options.ingest_expiry,
                 committed: Notify::new(),
                 _lock_file: lock_file,

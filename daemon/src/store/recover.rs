@@ -10,7 +10,8 @@ use std::collections::HashSet;
 
 use distd_sdk::{Digest, media};
 
-use super::ingest::{record_commit, rehash};
+use super::ingest::rehash;
+use super::publish::record_commit;
 use super::{Store, remove_dir_if_present};
 use crate::error::{Result, StoreError};
 use crate::meta::{self, blobs::BlobRow, now_ms};
@@ -59,9 +60,12 @@ pub(super) fn recover(store: &Store) -> Result<()> {
             created_at: now,
             last_used: now,
         };
-        store
-            .meta()
-            .run_blocking(|conn| record_commit(conn, &row.reference, &blob_row, &children))?;
+        store.meta().run_blocking(|conn| {
+            let tx = conn.transaction()?;
+            record_commit(&tx, &row.reference, &blob_row, &children)?;
+            tx.commit()?;
+            Ok(())
+        })?;
         remove_dir_if_present(&store.ingest_dir(&row.dir))?;
         tracing::info!(%digest, "finished recording a commit interrupted by a crash");
     }

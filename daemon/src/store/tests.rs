@@ -350,3 +350,57 @@ async fn a_commit_interrupted_after_publishing_is_recorded_at_startup() {
     assert!(store.ingests().await.unwrap().is_empty());
     assert!(store.verify().await.unwrap().problems.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_are_grouped_and_each_gets_its_own_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // Every tenth writer commits the same bytes as writer 0.
+            let payload = if i % 10 == 0 {
+                b"shared".to_vec()
+            } else {
+                i.to_be_bytes().to_vec()
+            };
+            let mut writer = IngestWriter::open(
+                &store,
+                OpenIngest {
+                    reference: format!("ref-{i}"),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            writer.write(0, Bytes::from(payload)).await.unwrap();
+            writer
+                .commit(None, 0, "")
+                .await
+                .map(|(d, _)| d)
+                .map_err(|e| e.kind())
+        }));
+    }
+    let mut published = 0;
+    let mut exists = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => published += 1,
+            Err(ErrorKind::AlreadyExists) => exists += 1,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((published, exists), (181, 19));
+    assert_eq!(
+        store
+            .meta()
+            .run(|c| meta::blobs::totals(c))
+            .await
+            .unwrap()
+            .0,
+        181
+    );
+    assert!(store.ingests().await.unwrap().is_empty());
+    assert!(store.verify().await.unwrap().problems.is_empty());
+}
