@@ -9,6 +9,13 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::error::ErrorKind;
 
+mod read;
+mod services;
+mod write;
+
+pub use read::ReadOptions;
+pub use write::{BlobSource, Seekable, Unseekable, WRITE_CHUNK_BYTES, WriteOptions, WriteOutcome};
+
 /// Largest gRPC message the client accepts; reads stream 1 MiB chunks.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -17,7 +24,7 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub enum ClientError {
     /// The socket could not be reached.
     #[error(
-        "cannot reach distd at {socket}: {source}; is it running? start it with `distd` (or `cargo run --release --bin distd`)"
+        "cannot reach distd at {}: is it running? start it with `distd` ({source})", socket.display()
     )]
     Connect {
         /// The socket that was tried.
@@ -141,3 +148,6 @@ impl Client {
             .into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests;
