@@ -128,7 +128,7 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = tokio::spawn(server::wait_for_signal(stop_tx));
-    let serving = api::serve(store, listener, server::stopped(stop_rx.clone()));
+    let serving = api::serve(store.clone(), listener, server::stopped(stop_rx.clone()));
     let grace = async {
         server::stopped(stop_rx).await;
         tokio::time::sleep(server::SHUTDOWN_GRACE).await;
@@ -141,6 +141,8 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
         }
     };
     signals.abort();
+    // Let collected files finish unlinking; whatever is left, startup removes.
+    let _ = tokio::time::timeout(server::SHUTDOWN_GRACE, store.settled()).await;
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(error = %e, socket = %socket.display(), "could not remove the socket");
     }

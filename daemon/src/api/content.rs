@@ -92,7 +92,10 @@ async fn write_session(
             WriteAction::Commit => {
                 let offset = unsigned("offset", request.offset).map_err(status)?;
                 if !request.data.is_empty() {
-                    writer.write(offset, request.data).await.map_err(status)?;
+                    writer
+                        .write_final(offset, request.data)
+                        .await
+                        .map_err(status)?;
                 }
                 let state = writer.status();
                 let expected = convert::optional_digest(&request.expected).map_err(status)?;

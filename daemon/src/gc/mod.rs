@@ -4,9 +4,8 @@
 //! Roots: image targets, the resources of unexpired leases, and live ingests
 //! (leased, held by a writer, or written to within the ingest expiry; an
 //! ingest's commit intent counts too). Marking and the metadata deletions
-//! happen in one transaction under the publish lock, and files are unlinked
-//! before that lock is let go, so no commit can publish a digest between its
-//! row's deletion and its file's removal.
+//! happen in one transaction under the publish lock; the files are then
+//! unlinked in the background (see `store::reclaim` for why that is safe).
 
 pub mod watermark;
 
@@ -15,7 +14,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::meta::{self, blobs::BlobRow, now_ms};
-use crate::store::{Store, remove_dir_if_present, remove_file_if_present};
+use crate::store::Store;
 
 /// Which unreferenced blobs a collection removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,9 +138,18 @@ pub async fn collect(store: &Store, policy: Policy, dry_run: bool) -> Result<Col
         })
         .await?;
     if !dry_run {
-        let sweeper = store.clone();
-        let removed = report.removed.clone();
-        tokio::task::spawn_blocking(move || unlink(&sweeper, &removed, &ingest_dirs)).await??;
+        let doomed = report
+            .removed
+            .iter()
+            .filter_map(|(digest, size)| match distd_sdk::Digest::parse(digest) {
+                Ok(digest) => Some((digest, *size)),
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "skipping a malformed digest");
+                    None
+                }
+            })
+            .collect();
+        store.reclaim(doomed, ingest_dirs);
     }
     report.duration = started.elapsed();
     tracing::info!(
@@ -190,18 +198,4 @@ fn select(
         }
     }
     (report, ingest_dirs)
-}
-
-fn unlink(store: &Store, blobs: &[(String, u64)], ingest_dirs: &[String]) -> Result<()> {
-    for (digest, _) in blobs {
-        // Digests come from our own metadata, but are validated all the same.
-        match distd_sdk::Digest::parse(digest) {
-            Ok(digest) => remove_file_if_present(&store.blob_path(&digest))?,
-            Err(e) => tracing::warn!(%digest, error = %e, "skipping a malformed digest"),
-        }
-    }
-    for dir in ingest_dirs {
-        remove_dir_if_present(&store.ingest_dir(dir))?;
-    }
-    Ok(())
 }

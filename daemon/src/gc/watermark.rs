@@ -37,7 +37,10 @@ pub async fn bytes_over(store: &Store, marks: Watermarks) -> Result<u64> {
         }
         (Watermark::Percent(high), low) => {
             let (total, free) = filesystem_space(store.root())?;
-            let used = total.saturating_sub(free);
+            // Collected files still being unlinked are as good as free.
+            let used = total
+                .saturating_sub(free)
+                .saturating_sub(store.doomed_bytes());
             let low = match low {
                 Watermark::Percent(low) => low,
                 Watermark::Bytes(_) => high,

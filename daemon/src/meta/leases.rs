@@ -128,6 +128,17 @@ pub fn add_resource(conn: &Connection, lease_id: &str, kind: &str, id: &str) -> 
     Ok(())
 }
 
+/// Adds a resource to a lease if the lease still exists; false when it does
+/// not. For paths that must not fail a whole group because one lease ended.
+pub fn hold(conn: &Connection, lease_id: &str, kind: &str, id: &str) -> Result<bool> {
+    let changed = conn.execute(
+        "INSERT OR IGNORE INTO lease_resources (lease_id, kind, id)
+         SELECT id, ?2, ?3 FROM leases WHERE id = ?1",
+        params![lease_id, kind, id],
+    )?;
+    Ok(changed > 0)
+}
+
 /// Removes a resource from a lease; `LeaseNotFound` when the lease is absent.
 pub fn delete_resource(conn: &Connection, lease_id: &str, kind: &str, id: &str) -> Result<()> {
     let exists: bool = conn

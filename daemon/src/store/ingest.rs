@@ -71,6 +71,8 @@ pub struct IngestWriter {
     sink: Option<Sink>,
     offset: u64,
     last_touch: i64,
+    /// Whether the metadata has this ingest's row as the writer sees it.
+    persisted: bool,
     _guard: IngestGuard,
 }
 
@@ -142,44 +144,36 @@ impl IngestWriter {
         let now = now_ms();
         let dir = dir_name(&open.reference);
         let request = open.clone();
-        let row = store
+        let mut row = store
             .meta()
             .run(move |conn| {
-                let tx = conn.transaction()?;
                 if let Some(lease) = &request.lease_id {
-                    meta::leases::require_live(&tx, lease, now)?;
-                    meta::leases::add_resource(
-                        &tx,
-                        lease,
-                        meta::leases::KIND_INGEST,
-                        &request.reference,
-                    )?;
+                    meta::leases::require_live(conn, lease, now)?;
                 }
-                let mut row = meta::ingests::get(&tx, &request.reference)?.unwrap_or(IngestRow {
-                    reference: request.reference.clone(),
-                    dir,
-                    expected: None,
-                    total: 0,
-                    media_type: String::new(),
-                    started_at: now,
-                    updated_at: now,
-                    committing: None,
-                });
-                if let Some(expected) = &request.expected {
-                    row.expected = Some(expected.to_string());
-                }
-                if request.total > 0 {
-                    row.total = i64::try_from(request.total).unwrap_or(i64::MAX);
-                }
-                if !request.media_type.is_empty() {
-                    row.media_type = request.media_type.clone();
-                }
-                row.updated_at = now;
-                meta::ingests::upsert(&tx, &row)?;
-                tx.commit()?;
-                Ok(row)
+                Ok(
+                    meta::ingests::get(conn, &request.reference)?.unwrap_or(IngestRow {
+                        reference: request.reference.clone(),
+                        dir,
+                        expected: None,
+                        total: 0,
+                        media_type: String::new(),
+                        started_at: now,
+                        updated_at: now,
+                        committing: None,
+                    }),
+                )
             })
             .await?;
+        if let Some(expected) = &open.expected {
+            row.expected = Some(expected.to_string());
+        }
+        if open.total > 0 {
+            row.total = i64::try_from(open.total).unwrap_or(i64::MAX);
+        }
+        if !open.media_type.is_empty() {
+            row.media_type = open.media_type.clone();
+        }
+        row.updated_at = now;
         let dir_path = store.ingest_dir(&row.dir);
         super::create_private_dir(&dir_path)?;
         let data_path = dir_path.join("data");
@@ -194,8 +188,40 @@ impl IngestWriter {
             sink: Some(sink),
             offset,
             last_touch: now,
+            // Recorded (again, with what this stream said) at the first write.
+            persisted: false,
             _guard: guard,
         })
+    }
+
+    /// Records the ingest (and its lease hold) before its first bytes land,
+    /// so that a restart finds it. A single-request write-and-commit skips
+    /// this: its record is made by the publish itself.
+    async fn persist(&mut self) -> Result<()> {
+        if self.persisted {
+            return Ok(());
+        }
+        let row = self.row.clone();
+        let lease = self.lease_id.clone();
+        self.store
+            .meta()
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                if let Some(lease) = &lease {
+                    meta::leases::add_resource(
+                        &tx,
+                        lease,
+                        meta::leases::KIND_INGEST,
+                        &row.reference,
+                    )?;
+                }
+                meta::ingests::upsert(&tx, &row)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        self.persisted = true;
+        Ok(())
     }
 
     /// The ingest's progress.
@@ -215,6 +241,18 @@ impl IngestWriter {
     /// on a non-empty ingest starts it over. On a failed write (disk full)
     /// the file is cut back to the last whole chunk, so it stays resumable.
     pub async fn write(&mut self, offset: u64, data: bytes::Bytes) -> Result<u64> {
+        self.persist().await?;
+        self.append(offset, data).await
+    }
+
+    /// Like [`IngestWriter::write`], for the last bytes before a commit:
+    /// an ingest that was never recorded stays unrecorded, so a blob sent in
+    /// one request costs no metadata transaction of its own.
+    pub async fn write_final(&mut self, offset: u64, data: bytes::Bytes) -> Result<u64> {
+        self.append(offset, data).await
+    }
+
+    async fn append(&mut self, offset: u64, data: bytes::Bytes) -> Result<u64> {
         if offset != self.offset {
             if offset == 0 {
                 self.restart().await?;
@@ -283,7 +321,7 @@ impl IngestWriter {
 
     async fn touch_if_due(&mut self) -> Result<()> {
         let now = now_ms();
-        if now - self.last_touch < TOUCH_INTERVAL_MS {
+        if !self.persisted || now - self.last_touch < TOUCH_INTERVAL_MS {
             return Ok(());
         }
         self.last_touch = now;
@@ -374,6 +412,7 @@ impl IngestWriter {
             media_type: self.row.media_type.clone(),
             children,
             lease_id: self.lease_id.clone(),
+            unrecorded: (!self.persisted).then(|| self.row.clone()),
         };
         self.store.publish(job).await?;
         Ok((digest, self.offset))

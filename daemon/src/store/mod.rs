@@ -22,6 +22,7 @@ mod ingest;
 mod locks;
 mod publish;
 mod read;
+mod reclaim;
 mod recover;
 mod verify;
 
@@ -51,6 +52,8 @@ struct Inner {
     locks: IngestLocks,
     /// Held while publishing a group of blobs, deleting one, or sweeping.
     publish: Mutex<()>,
+    /// Files of swept blobs waiting to be unlinked.
+    doomed: reclaim::Doomed,
     /// Commits waiting for the next group publish.
     pending: std::sync::Mutex<Vec<publish::Pending>>,
     ingest_expiry: Duration,
@@ -85,6 +88,7 @@ impl Store {
                 locks: IngestLocks::default(),
                 publish: Mutex::new(()),
                 pending: std::sync::Mutex::new(Vec::new()),
+                doomed: reclaim::Doomed::default(),
                 ingest_expiry: options.ingest_expiry,
                 committed: Notify::new(),
                 _lock_file: lock_file,

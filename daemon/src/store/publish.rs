@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::{Store, remove_dir_if_present, sync_dir};
 use crate::error::{Result, StoreError};
 use crate::failpoint;
-use crate::meta::{self, blobs::BlobRow, now_ms};
+use crate::meta::{self, blobs::BlobRow, ingests::IngestRow, now_ms};
 
 /// A verified ingest, ready to become a blob.
 pub struct PublishJob {
@@ -36,6 +36,9 @@ pub struct PublishJob {
     pub children: Vec<String>,
     /// Lease to put the blob under.
     pub lease_id: Option<String>,
+    /// The ingest's row, when it was never recorded (a blob written in one
+    /// request): it is recorded with the commit intent.
+    pub unrecorded: Option<IngestRow>,
 }
 
 /// A job waiting for a publisher, with where to send its result.
@@ -44,8 +47,16 @@ pub(super) struct Pending {
     done: oneshot::Sender<Result<()>>,
 }
 
-/// A published blob's row and references, to record.
-type Record = (BlobRow, Vec<String>);
+/// A published blob's row, references and lease, to record.
+type Record = (BlobRow, Vec<String>, Option<String>);
+
+/// What the intent transaction needs of a job.
+struct Claim {
+    reference: String,
+    digest: String,
+    lease: Option<String>,
+    unrecorded: Option<IngestRow>,
+}
 
 /// What became of one job.
 enum Outcome {
@@ -117,14 +128,13 @@ impl Store {
     async fn publish_jobs(&self, jobs: Vec<PublishJob>) -> Result<Vec<(Digest, Outcome)>> {
         // 1. Sort out digests already present (or repeated in the group) and
         //    record the intent of the rest, in one transaction.
-        let claims: Vec<(String, String, Option<String>)> = jobs
+        let claims: Vec<Claim> = jobs
             .iter()
-            .map(|j| {
-                (
-                    j.reference.clone(),
-                    j.digest.to_string(),
-                    j.lease_id.clone(),
-                )
+            .map(|j| Claim {
+                reference: j.reference.clone(),
+                digest: j.digest.to_string(),
+                lease: j.lease_id.clone(),
+                unrecorded: j.unrecorded.clone(),
             })
             .collect();
         let fresh: Vec<bool> = self
@@ -133,21 +143,24 @@ impl Store {
                 let tx = conn.transaction()?;
                 let mut seen = HashSet::new();
                 let mut fresh = Vec::with_capacity(claims.len());
-                for (reference, digest, lease) in &claims {
-                    let exists =
-                        !seen.insert(digest.clone()) || meta::blobs::get(&tx, digest)?.is_some();
+                for claim in &claims {
+                    let exists = !seen.insert(claim.digest.clone())
+                        || meta::blobs::get(&tx, &claim.digest)?.is_some();
                     if exists {
-                        if let Some(lease) = lease {
-                            meta::leases::add_resource(
+                        if let Some(lease) = &claim.lease {
+                            meta::leases::hold(
                                 &tx,
                                 lease,
                                 meta::leases::KIND_CONTENT,
-                                digest,
+                                &claim.digest,
                             )?;
                         }
-                        meta::ingests::delete(&tx, reference)?;
+                        meta::ingests::delete(&tx, &claim.reference)?;
                     } else {
-                        meta::ingests::set_committing(&tx, reference, Some(digest))?;
+                        if let Some(row) = &claim.unrecorded {
+                            meta::ingests::upsert(&tx, row)?;
+                        }
+                        meta::ingests::set_committing(&tx, &claim.reference, Some(&claim.digest))?;
                     }
                     fresh.push(!exists);
                 }
@@ -158,24 +171,28 @@ impl Store {
         failpoint::hit(failpoint::COMMIT_BEFORE_RENAME);
 
         // 2. Rename the fresh ones into blobs/ and sync each directory once.
-        let moves: Vec<(bool, PathBuf, PathBuf, PathBuf)> = jobs
+        let moves: Vec<(bool, Digest, PathBuf, PathBuf, PathBuf)> = jobs
             .iter()
             .zip(&fresh)
             .map(|(j, fresh)| {
                 (
                     *fresh,
+                    j.digest.clone(),
                     j.data_path.clone(),
                     self.blob_path(&j.digest),
                     self.blob_dir(j.digest.algorithm()),
                 )
             })
             .collect();
+        let store = self.clone();
         let renamed: Vec<Option<Result<()>>> = tokio::task::spawn_blocking(move || {
             let mut dirs = HashSet::new();
             let mut renamed: Vec<Option<Result<()>>> = moves
                 .iter()
-                .map(|(fresh, source, target, dir)| {
+                .map(|(fresh, digest, source, target, dir)| {
                     fresh.then(|| {
+                        // A collected file of the same digest may await unlinking.
+                        store.unlink_if_doomed(digest);
                         use std::os::unix::fs::PermissionsExt;
                         std::fs::set_permissions(source, std::fs::Permissions::from_mode(0o444))
                             .and_then(|()| std::fs::rename(source, target))
@@ -218,6 +235,7 @@ impl Store {
                             last_used: now,
                         },
                         j.children.clone(),
+                        j.lease_id.clone(),
                     )),
                     Some(Err(_)) => None,
                     None => return None,
@@ -230,7 +248,17 @@ impl Store {
                 let tx = conn.transaction()?;
                 for (reference, record) in &records {
                     match record {
-                        Some((row, children)) => record_commit(&tx, reference, row, children)?,
+                        Some((row, children, lease)) => {
+                            record_commit(&tx, reference, row, children)?;
+                            if let Some(lease) = lease {
+                                meta::leases::hold(
+                                    &tx,
+                                    lease,
+                                    meta::leases::KIND_CONTENT,
+                                    &row.digest,
+                                )?;
+                            }
+                        }
                         None => meta::ingests::set_committing(&tx, reference, None)?,
                     }
                 }

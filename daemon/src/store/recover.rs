@@ -70,6 +70,7 @@ pub(super) fn recover(store: &Store) -> Result<()> {
         tracing::info!(%digest, "finished recording a commit interrupted by a crash");
     }
     remove_unknown_ingest_dirs(store, &known_dirs)?;
+    remove_unrecorded_blobs(store)?;
     let (count, bytes) = store
         .meta()
         .run_blocking(|conn| meta::blobs::totals(conn))?;
@@ -105,6 +106,35 @@ fn remove_unknown_ingest_dirs(store: &Store, known: &HashSet<String>) -> Result<
                 remove_dir_if_present(&path)?;
             } else {
                 super::remove_file_if_present(&path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes files in blobs/ that no row names. Commits in flight were settled
+/// above, so these are files a collection had not finished unlinking.
+fn remove_unrecorded_blobs(store: &Store) -> Result<()> {
+    let known: HashSet<String> = store
+        .meta()
+        .run_blocking(|conn| meta::blobs::list(conn, "", ""))?
+        .into_iter()
+        .map(|row| row.digest)
+        .collect();
+    for algorithm in distd_sdk::Algorithm::ALL {
+        let dir = store.blob_dir(algorithm);
+        let entries = std::fs::read_dir(&dir)
+            .map_err(StoreError::io(format!("listing {}", dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(format!("listing {}", dir.display())))?;
+            let name = format!(
+                "{}:{}",
+                algorithm.name(),
+                entry.file_name().to_string_lossy()
+            );
+            if !known.contains(&name) {
+                tracing::info!(file = %entry.path().display(), "removing a blob file no record names (a collection was interrupted)");
+                super::remove_file_if_present(&entry.path())?;
             }
         }
     }

@@ -269,6 +269,7 @@ async fn gc_keeps_what_images_and_leases_reach_and_removes_the_rest() {
     assert_eq!(dry.removed, vec![(loose.to_string(), 5)]);
     let report = gc::collect(&store, Policy::All, false).await.unwrap();
     assert_eq!(report.removed, vec![(loose.to_string(), 5)]);
+    store.settled().await;
     assert!(!store.blob_path(&loose).exists());
     for kept in [&config, &layer, &top, &leased] {
         assert!(store.info(kept).await.is_ok(), "{kept} was collected");
@@ -286,6 +287,7 @@ async fn gc_keeps_what_images_and_leases_reach_and_removes_the_rest() {
         .unwrap();
     let report = gc::collect(&store, Policy::All, false).await.unwrap();
     assert_eq!(report.removed.len(), 4);
+    store.settled().await;
     assert!(store.verify().await.unwrap().problems.is_empty());
 }
 
@@ -402,5 +404,40 @@ async fn concurrent_commits_are_grouped_and_each_gets_its_own_result() {
         181
     );
     assert!(store.ingests().await.unwrap().is_empty());
+    assert!(store.verify().await.unwrap().problems.is_empty());
+}
+
+#[tokio::test]
+async fn a_digest_committed_again_while_its_old_file_awaits_unlinking_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let digest = put(&store, "a", b"again", "", None).await;
+    gc::collect(&store, Policy::All, false).await.unwrap();
+    // Whether or not the background unlink has run yet, the new commit wins.
+    let again = put(&store, "b", b"again", "", None).await;
+    assert_eq!(again, digest);
+    store.settled().await;
+    assert_eq!(read_all(&store, &digest).await, b"again");
+    assert!(store.verify().await.unwrap().problems.is_empty());
+}
+
+#[tokio::test]
+async fn files_left_by_an_interrupted_collection_are_removed_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let stray = {
+        let store = open(dir.path());
+        let digest = put(&store, "a", b"stray", "", None).await;
+        let key = digest.to_string();
+        // The rows are gone but the unlink never ran: what a crash leaves.
+        store
+            .meta()
+            .run(move |c| meta::blobs::delete(c, &key))
+            .await
+            .unwrap();
+        store.blob_path(&digest)
+    };
+    assert!(stray.exists());
+    let store = open(dir.path());
+    assert!(!stray.exists());
     assert!(store.verify().await.unwrap().problems.is_empty());
 }

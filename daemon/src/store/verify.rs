@@ -45,20 +45,45 @@ pub struct VerifyReport {
 impl Store {
     /// Re-hashes every blob; reports missing, corrupt and orphan files.
     pub async fn verify(&self) -> Result<VerifyReport> {
-        let rows = self
-            .meta()
-            .run(|conn| meta::blobs::list(conn, "", ""))
-            .await?;
+        // Rows and files are compared with publishing and sweeping held off,
+        // so a blob between its rename and its record, or a collected file
+        // awaiting its unlink, is not taken for an orphan.
+        let (rows, orphans) = {
+            let _publish = self.publish_lock().lock().await;
+            let rows = self
+                .meta()
+                .run(|conn| meta::blobs::list(conn, "", ""))
+                .await?;
+            let store = self.clone();
+            let known: HashSet<String> = rows.iter().map(|r| r.digest.clone()).collect();
+            let orphans = tokio::task::spawn_blocking(move || orphans(&store, &known)).await??;
+            (rows, orphans)
+        };
         let store = self.clone();
-        tokio::task::spawn_blocking(move || verify_blocking(&store, rows)).await?
+        let mut report = tokio::task::spawn_blocking(move || check_rows(&store, rows)).await??;
+        // A blob collected while it was being checked is not missing.
+        let mut problems = Vec::with_capacity(report.problems.len());
+        for problem in report.problems {
+            if problem.kind == ProblemKind::Missing {
+                let key = problem.digest.clone();
+                let recorded = self.meta().run(move |c| meta::blobs::get(c, &key)).await?;
+                if recorded.is_none() {
+                    continue;
+                }
+            }
+            problems.push(problem);
+        }
+        problems.extend(orphans);
+        problems.sort_by(|a, b| a.digest.cmp(&b.digest));
+        report.problems = problems;
+        Ok(report)
     }
 }
 
-fn verify_blocking(store: &Store, rows: Vec<meta::blobs::BlobRow>) -> Result<VerifyReport> {
+/// Checks each recorded blob's file: present, right size, right hash.
+fn check_rows(store: &Store, rows: Vec<meta::blobs::BlobRow>) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let mut known = HashSet::new();
     for row in rows {
-        known.insert(row.digest.clone());
         let digest = match Digest::parse(&row.digest) {
             Ok(d) => d,
             Err(e) => {
@@ -102,6 +127,12 @@ fn verify_blocking(store: &Store, rows: Vec<meta::blobs::BlobRow>) -> Result<Ver
             });
         }
     }
+    Ok(report)
+}
+
+/// Files in blobs/ that no row names (and that are not awaiting their unlink).
+fn orphans(store: &Store, known: &HashSet<String>) -> Result<Vec<Problem>> {
+    let mut orphans = Vec::new();
     for algorithm in Algorithm::ALL {
         let dir = store.blob_dir(algorithm);
         let entries = std::fs::read_dir(&dir)
@@ -113,8 +144,8 @@ fn verify_blocking(store: &Store, rows: Vec<meta::blobs::BlobRow>) -> Result<Ver
                 algorithm.name(),
                 entry.file_name().to_string_lossy()
             );
-            if !known.contains(&name) {
-                report.problems.push(Problem {
+            if !known.contains(&name) && !doomed(store, &name) {
+                orphans.push(Problem {
                     kind: ProblemKind::Orphan,
                     digest: name,
                     detail: format!("{} is not recorded in the metadata", entry.path().display()),
@@ -122,6 +153,9 @@ fn verify_blocking(store: &Store, rows: Vec<meta::blobs::BlobRow>) -> Result<Ver
             }
         }
     }
-    report.problems.sort_by(|a, b| a.digest.cmp(&b.digest));
-    Ok(report)
+    Ok(orphans)
+}
+
+fn doomed(store: &Store, name: &str) -> bool {
+    Digest::parse(name).is_ok_and(|d| store.is_doomed(&d))
 }
