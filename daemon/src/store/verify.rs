@@ -130,7 +130,10 @@ fn check_rows(store: &Store, rows: Vec<meta::blobs::BlobRow>) -> Result<VerifyRe
     Ok(report)
 }
 
-/// Files in blobs/ that no row names (and that are not awaiting their unlink).
+/// Files in blobs/ that no row names. A collected file awaiting its unlink
+/// is not one; the background unlink drops it from the doomed table and
+/// removes it atomically, so a file that is not doomed (any more) and still
+/// exists after the check is a real orphan.
 fn orphans(store: &Store, known: &HashSet<String>) -> Result<Vec<Problem>> {
     let mut orphans = Vec::new();
     for algorithm in Algorithm::ALL {
@@ -144,7 +147,7 @@ fn orphans(store: &Store, known: &HashSet<String>) -> Result<Vec<Problem>> {
                 algorithm.name(),
                 entry.file_name().to_string_lossy()
             );
-            if !known.contains(&name) && !doomed(store, &name) {
+            if !known.contains(&name) && !doomed(store, &name) && entry.path().exists() {
                 orphans.push(Problem {
                     kind: ProblemKind::Orphan,
                     digest: name,

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds everything and runs every test: unit tests and the end-to-end suite
+# (tests/, real distd processes). Installs what is missing first, so a fresh
+# machine (or CI) needs nothing but a Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# ---- install missing tools -------------------------------------------------
+# Commands the tests run, and the Debian package that provides each. Later
+# suites (registry, S3, engines) add their lines here.
+APT_TOOLS=(
+    # "command:package"
+)
+
+missing_packages=()
+for entry in "${APT_TOOLS[@]}"; do
+    command_name="${entry%%:*}"
+    package="${entry#*:}"
+    if ! command -v "$command_name" >/dev/null 2>&1; then
+        missing_packages+=("$package")
+    fi
+done
+if ((${#missing_packages[@]})); then
+    echo "test.sh: installing ${missing_packages[*]}" >&2
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing_packages[@]}"
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "test.sh: installing cargo-nextest" >&2
+    cargo install --locked cargo-nextest
+fi
+
+# ---- build -----------------------------------------------------------------
+# One build of every binary and test target: the end-to-end tests start the
+# distd and distctl binaries found next to them in target/debug/.
+cargo build --workspace --bins --all-targets
+
+# ---- test ------------------------------------------------------------------
+# Timeouts and retries live in .config/nextest.toml.
+cargo nextest run --workspace --no-fail-fast "$@"
