@@ -27,6 +27,10 @@ pub struct DaemonOpts {
     /// Create the socket's directory (mode 0700) before starting; when false
     /// the daemon must create it itself.
     pub precreate_socket_dir: bool,
+    /// Put the root on a tmpfs of this size (e.g. "24m"), mounted in a
+    /// private user+mount namespace (`unshare`), to fill the disk for real.
+    /// The mount lives as long as the daemon process.
+    pub root_tmpfs: Option<String>,
 }
 
 impl Default for DaemonOpts {
@@ -35,6 +39,7 @@ impl Default for DaemonOpts {
             config: None,
             env: Vec::new(),
             precreate_socket_dir: true,
+            root_tmpfs: None,
         }
     }
 }
@@ -148,7 +153,21 @@ impl Daemon {
     /// The command that starts a daemon on this root and socket with `opts`
     /// (stderr not redirected), e.g. to start a competing second one.
     pub fn command(&self, opts: &DaemonOpts) -> Command {
-        let mut command = Command::new(bin_path("distd"));
+        let mut command = match &opts.root_tmpfs {
+            None => Command::new(bin_path("distd")),
+            Some(size) => {
+                fs::create_dir_all(&self.root).expect("create the root mount point");
+                let mut wrapped = Command::new("unshare");
+                wrapped
+                    .args(["--user", "--map-root-user", "--mount", "sh", "-ec"])
+                    .arg(r#"size=$1; root=$2; shift 2; mount -t tmpfs -o size="$size" tmpfs "$root"; exec "$@""#)
+                    .arg("sh")
+                    .arg(size)
+                    .arg(&self.root)
+                    .arg(bin_path("distd"));
+                wrapped
+            }
+        };
         command
             .arg("--root")
             .arg(&self.root)
