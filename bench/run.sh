@@ -56,5 +56,5 @@ echo "rss:  daemon peak RSS $((rss_before / 1024)) MiB before, $((rss_after / 10
 kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true
 
 start_daemon gc
-"$bin/distd-bench" gc-fill "$sock" 100000 | tee "$work/gc.txt" | sed 's/^/gc:   /'
+"$bin/distd-bench" gc-fill "$sock" "${GC_BLOBS:-100000}" | tee "$work/gc.txt" | sed 's/^/gc:   /'
 rm -f "$work/blob-1g"

@@ -177,6 +177,9 @@ async fn get(
     let action = format!("reading blob {digest}");
     let written = match &output {
         Some(path) => {
+            // A device or pipe (`-o /dev/null`) is written as is: never synced,
+            // never removed on failure.
+            let regular = std::fs::metadata(path).map_or(true, |m| m.is_file());
             let file = tokio::fs::File::create(path)
                 .await
                 .with_context(|| format!("creating {}", path.display()))?;
@@ -186,16 +189,20 @@ async fn get(
                 .await;
             match read {
                 Ok(n) => {
-                    writer
-                        .into_inner()
-                        .sync_all()
-                        .await
-                        .with_context(|| format!("writing {}", path.display()))?;
+                    if regular {
+                        writer
+                            .into_inner()
+                            .sync_all()
+                            .await
+                            .with_context(|| format!("writing {}", path.display()))?;
+                    }
                     n
                 }
                 Err(err) => {
                     drop(writer);
-                    let _ = tokio::fs::remove_file(path).await;
+                    if regular {
+                        let _ = tokio::fs::remove_file(path).await;
+                    }
                     return Err(crate::explain::explain(err, &action, not_found));
                 }
             }
