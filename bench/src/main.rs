@@ -61,12 +61,12 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .into_inner();
     println!("gc_seconds={:.3}", started.elapsed().as_secs_f64());
-    println!("gc_removed={}", real.removed_digests.len());
-    if dry.removed_digests.len() as u64 != count || real.removed_digests.len() as u64 != count {
+    println!("gc_removed={}", real.removed_count);
+    if dry.removed_count as u64 != count || real.removed_count as u64 != count {
         bail!(
             "expected {count} collectable blobs, the dry run found {} and the collection removed {}",
-            dry.removed_digests.len(),
-            real.removed_digests.len()
+            dry.removed_count,
+            real.removed_count
         );
     }
     Ok(())

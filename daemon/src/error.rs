@@ -115,6 +115,15 @@ pub enum StoreError {
     /// The metadata database failed.
     #[error("metadata database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// A shared operation (a group commit) failed; each caller gets its class
+    /// and message.
+    #[error("{message}")]
+    Group {
+        /// The class of the underlying error.
+        kind: ErrorKind,
+        /// Its message.
+        message: String,
+    },
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -159,6 +168,7 @@ impl StoreError {
             {
                 ErrorKind::ResourceExhausted
             }
+            StoreError::Group { kind, .. } => *kind,
             StoreError::Db(_) | StoreError::Task(_) => ErrorKind::Internal,
         }
     }

@@ -94,7 +94,10 @@ impl pb::leases_server::Leases for LeasesService {
             id,
             created_at: now,
             expires_at: (expire > 0).then(|| {
-                now.saturating_add(i64::try_from(expire).unwrap_or(i64::MAX / 1000) * 1000)
+                let lifetime_ms = i64::try_from(expire)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1000);
+                now.saturating_add(lifetime_ms)
             }),
             labels: request.labels,
             resources: Vec::new(),

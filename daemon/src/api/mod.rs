@@ -22,6 +22,9 @@ pub use status::status;
 /// Largest gRPC message accepted: a 1 MiB chunk plus headroom.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// HTTP/2 flow-control window per stream (the connection gets twice this).
+pub const FLOW_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+
 /// Serves every service on `listener` until `shutdown` resolves, then stops
 /// accepting and waits for in-flight calls.
 pub async fn serve(
@@ -34,6 +37,10 @@ pub async fn serve(
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
+        // HTTP/2's 64 KiB default windows stall a local stream of 1 MiB
+        // chunks on window updates; the socket is local, so open them wide.
+        .initial_stream_window_size(Some(FLOW_WINDOW_BYTES))
+        .initial_connection_window_size(Some(2 * FLOW_WINDOW_BYTES))
         .add_service(content)
         .add_service(pb::images_server::ImagesServer::new(
             images::ImagesService::new(store.clone()),

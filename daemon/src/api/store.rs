@@ -8,6 +8,9 @@ use super::status;
 use crate::gc::{self, Policy, watermark::filesystem_space};
 use crate::store::{ProblemKind, Store};
 
+/// Most digests a Collect answer lists (the count is always complete).
+const MAX_LISTED_DIGESTS: usize = 10_000;
+
 /// Serves `Store`: usage, collection, verification.
 pub struct StoreService {
     store: Store,
@@ -63,7 +66,13 @@ impl pb::store_server::Store for StoreService {
             .map_err(status)?;
         Ok(Response::new(pb::CollectResponse {
             removed_bytes: signed(report.removed_bytes()),
-            removed_digests: report.removed.into_iter().map(|(d, _)| d).collect(),
+            removed_count: signed(report.removed.len() as u64),
+            removed_digests: report
+                .removed
+                .into_iter()
+                .take(MAX_LISTED_DIGESTS)
+                .map(|(d, _)| d)
+                .collect(),
             removed_ingest_bytes: signed(report.removed_ingests.iter().map(|(_, b)| b).sum()),
             removed_ingests: report.removed_ingests.into_iter().map(|(r, _)| r).collect(),
             removed_leases: report.removed_leases,

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::meta::{self, blobs::BlobRow, now_ms};
-use crate::store::Store;
+use crate::store::{IngestGuard, Store, remove_dir_if_present};
 
 /// Which unreferenced blobs a collection removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,12 +116,12 @@ pub async fn collect(store: &Store, policy: Policy, dry_run: bool) -> Result<Col
     let started = Instant::now();
     let _publish = store.publish_lock().lock().await;
     let sweeper = store.clone();
-    let (mut report, ingest_dirs) = store
+    let (mut report, expired) = store
         .meta()
         .run(move |conn| {
             let tx = conn.transaction()?;
             let marked = mark(&tx, &sweeper)?;
-            let (report, ingest_dirs) = select(&sweeper, marked, policy, dry_run);
+            let (report, expired) = select(&sweeper, marked, policy, dry_run);
             if !dry_run {
                 for (digest, _) in &report.removed {
                     meta::blobs::delete(&tx, digest)?;
@@ -134,7 +134,7 @@ pub async fn collect(store: &Store, policy: Policy, dry_run: bool) -> Result<Col
                 }
                 tx.commit()?;
             }
-            Ok((report, ingest_dirs))
+            Ok((report, expired))
         })
         .await?;
     if !dry_run {
@@ -149,7 +149,19 @@ pub async fn collect(store: &Store, policy: Policy, dry_run: bool) -> Result<Col
                 }
             })
             .collect();
-        store.reclaim(doomed, ingest_dirs);
+        store.reclaim(doomed);
+        // The expired ingests' refs stay locked until their directories are
+        // gone, so a writer reopening one starts afresh instead of inheriting
+        // a directory that is being removed.
+        let sweeper = store.clone();
+        tokio::task::spawn_blocking(move || {
+            for (dir, _guard) in expired {
+                if let Err(e) = remove_dir_if_present(&sweeper.ingest_dir(&dir)) {
+                    tracing::warn!(error = %e, "could not remove a collected ingest");
+                }
+            }
+        })
+        .await?;
     }
     report.duration = started.elapsed();
     tracing::info!(
@@ -165,13 +177,14 @@ pub async fn collect(store: &Store, policy: Policy, dry_run: bool) -> Result<Col
 }
 
 /// Picks what `policy` removes from what marking left unreferenced; returns
-/// the report and the directories of the ingests it removes.
+/// the report and, for each expired ingest it removes, its directory and the
+/// lock on its ref. An expired ingest whose ref a writer holds is kept.
 fn select(
     store: &Store,
     marked: Marked,
     policy: Policy,
     dry_run: bool,
-) -> (CollectReport, Vec<String>) {
+) -> (CollectReport, Vec<(String, IngestGuard)>) {
     let mut report = CollectReport {
         dry_run,
         ..CollectReport::default()
@@ -187,15 +200,18 @@ fn select(
         freed += size;
         report.removed.push((row.digest, size));
     }
-    let mut ingest_dirs = Vec::new();
+    let mut expired = Vec::new();
     if policy == Policy::All {
         report.removed_leases = marked.expired_leases;
         for (reference, dir) in marked.expired_ingests {
+            let Ok(guard) = store.locks().acquire(&reference) else {
+                continue;
+            };
             let bytes =
                 std::fs::metadata(store.ingest_dir(&dir).join("data")).map_or(0, |m| m.len());
             report.removed_ingests.push((reference, bytes));
-            ingest_dirs.push(dir);
+            expired.push((dir, guard));
         }
     }
-    (report, ingest_dirs)
+    (report, expired)
 }

@@ -134,6 +134,13 @@ impl IngestWriter {
     pub async fn open(store: &Store, open: OpenIngest) -> Result<IngestWriter> {
         validate_ref(&open.reference)?;
         let guard = store.locks().acquire(&open.reference)?;
+        let now = now_ms();
+        if let Some(lease) = open.lease_id.clone() {
+            store
+                .meta()
+                .run(move |conn| meta::leases::require_live(conn, &lease, now))
+                .await?;
+        }
         if let Some(expected) = &open.expected
             && store
                 .lease_existing(expected, open.lease_id.as_deref())
@@ -141,15 +148,11 @@ impl IngestWriter {
         {
             return Err(StoreError::BlobExists(expected.clone()));
         }
-        let now = now_ms();
         let dir = dir_name(&open.reference);
         let request = open.clone();
         let mut row = store
             .meta()
             .run(move |conn| {
-                if let Some(lease) = &request.lease_id {
-                    meta::leases::require_live(conn, lease, now)?;
-                }
                 Ok(
                     meta::ingests::get(conn, &request.reference)?.unwrap_or(IngestRow {
                         reference: request.reference.clone(),

@@ -37,7 +37,7 @@ use crate::error::{Result, StoreError};
 use crate::meta::{self, Meta};
 
 pub use ingest::{IngestStatus, IngestWriter, OpenIngest};
-pub use locks::IngestLocks;
+pub use locks::{IngestGuard, IngestLocks};
 pub use verify::ProblemKind;
 
 /// Handle to the store; clones share it.

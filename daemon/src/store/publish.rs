@@ -75,21 +75,37 @@ impl Store {
         let digest = job.digest.clone();
         let (done, mut result) = oneshot::channel();
         self.pending().push(Pending { job, done });
-        let guard = self.publish_lock().lock().await;
-        if let Ok(outcome) = result.try_recv() {
-            // The previous holder published this job in its group.
-            return outcome;
+        loop {
+            let guard = self.publish_lock().lock().await;
+            match result.try_recv() {
+                // A previous holder published this job in its group.
+                Ok(outcome) => return outcome,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(StoreError::Task(format!(
+                        "publishing {digest} was abandoned"
+                    )));
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let group = self.take_group();
+            self.publish_group(group).await;
+            drop(guard);
+            self.committed().notify_one();
+            // Our job may have been held back as a duplicate: go round again.
         }
-        let group = std::mem::take(&mut *self.pending());
-        self.publish_group(group).await;
-        drop(guard);
-        self.committed().notify_one();
-        match result.await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(StoreError::Task(format!(
-                "publishing {digest} was abandoned"
-            ))),
-        }
+    }
+
+    /// Takes the waiting jobs, one per digest; later jobs of a digest wait
+    /// for the next group, where they find it committed (ALREADY_EXISTS) or,
+    /// if the first one failed, get their own chance.
+    fn take_group(&self) -> Vec<Pending> {
+        let mut pending = self.pending();
+        let mut seen = HashSet::new();
+        let (group, later): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut *pending)
+            .into_iter()
+            .partition(|p| seen.insert(p.job.digest.clone()));
+        *pending = later;
+        group
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
@@ -107,11 +123,14 @@ impl Store {
         let outcomes = match self.publish_jobs(jobs).await {
             Ok(outcomes) => outcomes,
             Err(e) => {
-                let message = e.to_string();
+                let (kind, message) = (e.kind(), e.to_string());
                 tracing::error!(error = %message, "publishing a group of blobs failed");
-                replies
-                    .into_iter()
-                    .for_each(|r| drop(r.send(Err(StoreError::Task(message.clone())))));
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Group {
+                        kind,
+                        message: message.clone(),
+                    }));
+                }
                 return;
             }
         };
@@ -147,6 +166,7 @@ impl Store {
                     let exists = !seen.insert(claim.digest.clone())
                         || meta::blobs::get(&tx, &claim.digest)?.is_some();
                     if exists {
+                        meta::leases::ingest_committed(&tx, &claim.reference, &claim.digest)?;
                         if let Some(lease) = &claim.lease {
                             meta::leases::hold(
                                 &tx,
@@ -196,7 +216,14 @@ impl Store {
                         use std::os::unix::fs::PermissionsExt;
                         std::fs::set_permissions(source, std::fs::Permissions::from_mode(0o444))
                             .and_then(|()| std::fs::rename(source, target))
-                            .map_err(StoreError::io(format!("publishing {}", target.display())))?;
+                            .map_err(|e| {
+                                // Stay resumable: the ingest must be appendable again.
+                                let _ = std::fs::set_permissions(
+                                    source,
+                                    std::fs::Permissions::from_mode(0o600),
+                                );
+                                StoreError::io(format!("publishing {}", target.display()))(e)
+                            })?;
                         dirs.insert(dir.clone());
                         Ok(())
                     })
@@ -243,7 +270,8 @@ impl Store {
                 Some((j.reference.clone(), record))
             })
             .collect();
-        self.meta()
+        let recorded = self
+            .meta()
             .run(move |conn| {
                 let tx = conn.transaction()?;
                 for (reference, record) in &records {
@@ -265,7 +293,11 @@ impl Store {
                 tx.commit()?;
                 Ok(())
             })
-            .await?;
+            .await;
+        if let Err(e) = recorded {
+            self.unpublish(&jobs, &renamed).await;
+            return Err(e);
+        }
         failpoint::hit(failpoint::COMMIT_AFTER_RECORD);
 
         // 4. Clean up the ingest directories and report.
@@ -288,6 +320,57 @@ impl Store {
             outcomes.push((job.digest, outcome));
         }
         Ok(outcomes)
+    }
+}
+
+impl Store {
+    /// Undoes the renames of a group whose record failed (a full disk can
+    /// refuse the metadata write): the files go back into their ingests and
+    /// the intents are cleared, so every ingest is resumable as before. If
+    /// clearing the intents fails too, startup recovery does it.
+    async fn unpublish(&self, jobs: &[PublishJob], renamed: &[Option<Result<()>>]) {
+        let moves: Vec<(String, PathBuf, PathBuf)> = jobs
+            .iter()
+            .zip(renamed)
+            .filter(|(_, r)| matches!(r, Some(Ok(()))))
+            .map(|(j, _)| {
+                (
+                    j.reference.clone(),
+                    self.blob_path(&j.digest),
+                    j.data_path.clone(),
+                )
+            })
+            .collect();
+        let references: Vec<String> = moves.iter().map(|(r, _, _)| r.clone()).collect();
+        let undone = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::PermissionsExt;
+            for (_, published, ingest) in &moves {
+                let back = std::fs::rename(published, ingest).and_then(|()| {
+                    std::fs::set_permissions(ingest, std::fs::Permissions::from_mode(0o600))
+                });
+                if let Err(e) = back {
+                    tracing::error!(file = %published.display(), error = %e, "could not return a published file to its ingest");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = undone {
+            tracing::error!(error = %e, "returning published files to their ingests failed");
+        }
+        let cleared = self
+            .meta()
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                for reference in &references {
+                    meta::ingests::set_committing(&tx, reference, None)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = cleared {
+            tracing::warn!(error = %e, "could not clear commit intents; startup recovery will");
+        }
     }
 }
 

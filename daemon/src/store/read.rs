@@ -52,7 +52,13 @@ impl Store {
         let mut file = match std::fs::File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::BlobFileMissing(digest.clone()));
+                // Collected since the row was read, or really lost?
+                let key = digest.to_string();
+                let recorded = self.meta().run(move |c| meta::blobs::get(c, &key)).await?;
+                return Err(match recorded {
+                    Some(_) => StoreError::BlobFileMissing(digest.clone()),
+                    None => StoreError::BlobNotFound(digest.clone()),
+                });
             }
             Err(e) => return Err(StoreError::io(format!("opening {}", path.display()))(e)),
         };

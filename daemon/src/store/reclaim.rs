@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use distd_sdk::Digest;
 
-use super::{Store, remove_dir_if_present, remove_file_if_present};
+use super::{Store, remove_file_if_present};
 
 /// Doomed digests and their sizes.
 #[derive(Default)]
@@ -33,10 +33,10 @@ impl Store {
     }
 
     /// Dooms the files of blobs whose rows were just deleted and unlinks
-    /// them, with the directories of collected ingests, in the background.
-    /// Call with the publish lock held, right after the deleting transaction.
-    pub fn reclaim(&self, blobs: Vec<(Digest, u64)>, ingest_dirs: Vec<String>) {
-        if blobs.is_empty() && ingest_dirs.is_empty() {
+    /// them in the background. Call with the publish lock held, right after
+    /// the deleting transaction.
+    pub fn reclaim(&self, blobs: Vec<(Digest, u64)>) {
+        if blobs.is_empty() {
             return;
         }
         self.doomed().extend(blobs.iter().cloned());
@@ -44,11 +44,6 @@ impl Store {
         tokio::task::spawn_blocking(move || {
             for (digest, _) in &blobs {
                 store.unlink_if_doomed(digest);
-            }
-            for dir in &ingest_dirs {
-                if let Err(e) = remove_dir_if_present(&store.ingest_dir(dir)) {
-                    tracing::warn!(error = %e, "could not remove a collected ingest");
-                }
             }
             store.inner.doomed.settled.notify_waiters();
         });

@@ -441,3 +441,48 @@ async fn files_left_by_an_interrupted_collection_are_removed_at_startup() {
     assert!(!stray.exists());
     assert!(store.verify().await.unwrap().problems.is_empty());
 }
+
+#[tokio::test]
+async fn an_expired_ingest_is_collected_only_when_no_writer_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            ingest_expiry: Duration::ZERO,
+        },
+    )
+    .unwrap();
+    let mut writer = IngestWriter::open(
+        &store,
+        OpenIngest {
+            reference: "r".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    writer
+        .write(0, Bytes::from_static(b"old bytes"))
+        .await
+        .unwrap();
+    // Held by a writer: live, whatever its age.
+    let report = gc::collect(&store, Policy::All, false).await.unwrap();
+    assert!(report.removed_ingests.is_empty());
+    drop(writer);
+    let report = gc::collect(&store, Policy::All, false).await.unwrap();
+    assert_eq!(report.removed_ingests, vec![("r".to_owned(), 9)]);
+    // Collection finished with the directory: a new writer starts afresh.
+    let mut writer = IngestWriter::open(
+        &store,
+        OpenIngest {
+            reference: "r".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(writer.status().offset, 0);
+    writer.write(0, Bytes::from_static(b"new")).await.unwrap();
+    let (digest, _) = writer.commit(None, 3, "").await.unwrap();
+    assert_eq!(read_all(&store, &digest).await, b"new");
+}

@@ -118,7 +118,19 @@ fn check_rows(store: &Store, rows: Vec<meta::blobs::BlobRow>) -> Result<VerifyRe
             });
             continue;
         }
-        let actual = rehash(&path, digest.algorithm())?;
+        let actual = match rehash(&path, digest.algorithm()) {
+            Ok(actual) => actual,
+            // Collected while being checked: the row re-check sorts it out.
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                report.problems.push(Problem {
+                    kind: ProblemKind::Missing,
+                    digest: row.digest.clone(),
+                    detail: format!("{} does not exist", path.display()),
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if actual != digest {
             report.problems.push(Problem {
                 kind: ProblemKind::Corrupt,

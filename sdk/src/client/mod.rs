@@ -19,6 +19,9 @@ pub use write::{BlobSource, Seekable, Unseekable, WRITE_CHUNK_BYTES, WriteOption
 /// Largest gRPC message the client accepts; reads stream 1 MiB chunks.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// HTTP/2 flow-control window per stream (the connection gets twice this).
+pub const FLOW_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -95,6 +98,10 @@ impl Client {
         let dial = socket.clone();
         // The URI is required by the API but unused: the connector dials the socket.
         let channel = Endpoint::from_static("http://distd.sock")
+            // Wide HTTP/2 windows: the 64 KiB default stalls 1 MiB chunks on
+            // window updates, even over a local socket.
+            .initial_stream_window_size(FLOW_WINDOW_BYTES)
+            .initial_connection_window_size(2 * FLOW_WINDOW_BYTES)
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let dial = dial.clone();
                 async move { UnixStream::connect(dial).await.map(TokioIo::new) }
@@ -132,6 +139,7 @@ impl Client {
     /// The raw `Store` service client.
     pub fn store(&self) -> pb::store_client::StoreClient<Channel> {
         pb::store_client::StoreClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// The raw `System` service client.

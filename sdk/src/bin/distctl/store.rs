@@ -91,7 +91,7 @@ pub async fn gc(client: &Client, out: Output, dry_run: bool) -> anyhow::Result<(
         .explain("collecting garbage", &[])?;
     let doc = json!({
         "dry_run": r.dry_run,
-        "removed_count": r.removed_digests.len(),
+        "removed_count": r.removed_count,
         "removed_bytes": r.removed_bytes,
         "removed_digests": r.removed_digests,
         "removed_ingests": r.removed_ingests,
@@ -103,7 +103,7 @@ pub async fn gc(client: &Client, out: Output, dry_run: bool) -> anyhow::Result<(
         let verb = if r.dry_run { "would remove" } else { "removed" };
         let mut lines = vec![format!(
             "{verb} {} blobs, {} ({} bytes)",
-            r.removed_digests.len(),
+            r.removed_count,
             output::bytes(r.removed_bytes),
             r.removed_bytes
         )];
