@@ -45,9 +45,12 @@ t0=$(now); digest=$("$bin/distctl" --socket "$sock" content put "$work/blob-1g")
 put_s=$(secs "$t0" "$t1")
 echo "put:  distctl content put 1 GiB  ${put_s}s   dd conv=fsync ${dd_s}s   ratio $(echo "$put_s / $dd_s" | bc -l | xargs printf '%.2f')x"
 
-t0=$(now); "$bin/distctl" --socket "$sock" content get "$digest" -o /dev/null; t1=$(now)
-get_s=$(secs "$t0" "$t1")
-echo "get:  distctl content get 1 GiB to /dev/null ${get_s}s = $(echo "1.073741824 / $get_s" | bc -l | xargs printf '%.2f') GB/s (page cache warm)"
+for mode in verified no-verify; do
+  flag=(); [ "$mode" = no-verify ] && flag=(--no-verify)
+  t0=$(now); "$bin/distctl" --socket "$sock" content get "${flag[@]}" "$digest" -o /dev/null 2>/dev/null; t1=$(now)
+  get_s=$(secs "$t0" "$t1")
+  echo "get:  distctl content get ($mode) 1 GiB to /dev/null ${get_s}s = $(echo "1.073741824 / $get_s" | bc -l | xargs printf '%.2f') GB/s (page cache warm)"
+done
 
 rss_before=$(peak_rss_kib "$daemon_pid")
 head -c 4G /dev/zero | "$bin/distctl" --socket "$sock" content put - >/dev/null

@@ -78,6 +78,10 @@ pub enum ContentCmd {
         /// Write to this file instead of stdout.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Skip re-hashing the bytes on arrival (distd verified them when
+        /// they were committed; `distctl verify` re-checks the store).
+        #[arg(long)]
+        no_verify: bool,
     },
     /// Upload a file (or stdin, `-`) as a blob and print its digest.
     Put(PutArgs),

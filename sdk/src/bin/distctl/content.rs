@@ -66,7 +66,11 @@ pub async fn run(client: &Client, out: Output, cmd: ContentCmd) -> anyhow::Resul
                 lines
             });
         }
-        ContentCmd::Get { digest, output } => get(client, out, &digest, output).await?,
+        ContentCmd::Get {
+            digest,
+            output,
+            no_verify,
+        } => get(client, out, &digest, output, !no_verify).await?,
         ContentCmd::Put(args) => put(client, out, args).await?,
         ContentCmd::Rm { digest } => {
             let digest = parse_digest(&digest)?;
@@ -159,6 +163,7 @@ async fn get(
     out: Output,
     digest: &str,
     output: Option<PathBuf>,
+    verify: bool,
 ) -> anyhow::Result<()> {
     let digest = parse_digest(digest)?;
     let not_found: &[_] = &[(
@@ -171,7 +176,7 @@ async fn get(
         .explain(&format!("blob {digest}"), not_found)?;
     let progress = Progress::bytes("get", u64::try_from(info.size).ok());
     let opts = ReadOptions {
-        verify: true,
+        verify,
         ..ReadOptions::default()
     };
     let action = format!("reading blob {digest}");
