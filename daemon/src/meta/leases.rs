@@ -110,17 +110,16 @@ pub fn require_live(conn: &Connection, id: &str, now: i64) -> Result<()> {
     }
 }
 
+/// Fails with `LeaseNotFound` unless the lease exists (expired or not).
+fn require(conn: &Connection, lease_id: &str) -> Result<()> {
+    conn.query_row("SELECT 1 FROM leases WHERE id = ?1", [lease_id], |_| Ok(()))
+        .optional()?
+        .ok_or_else(|| StoreError::LeaseNotFound(lease_id.to_owned()))
+}
+
 /// Adds a resource to a lease (idempotent); `LeaseNotFound` when absent.
 pub fn add_resource(conn: &Connection, lease_id: &str, kind: &str, id: &str) -> Result<()> {
-    let exists: bool = conn
-        .query_row("SELECT 1 FROM leases WHERE id = ?1", [lease_id], |_| {
-            Ok(true)
-        })
-        .optional()?
-        .unwrap_or(false);
-    if !exists {
-        return Err(StoreError::LeaseNotFound(lease_id.to_owned()));
-    }
+    require(conn, lease_id)?;
     conn.execute(
         "INSERT OR IGNORE INTO lease_resources (lease_id, kind, id) VALUES (?1, ?2, ?3)",
         params![lease_id, kind, id],
@@ -141,15 +140,7 @@ pub fn hold(conn: &Connection, lease_id: &str, kind: &str, id: &str) -> Result<b
 
 /// Removes a resource from a lease; `LeaseNotFound` when the lease is absent.
 pub fn delete_resource(conn: &Connection, lease_id: &str, kind: &str, id: &str) -> Result<()> {
-    let exists: bool = conn
-        .query_row("SELECT 1 FROM leases WHERE id = ?1", [lease_id], |_| {
-            Ok(true)
-        })
-        .optional()?
-        .unwrap_or(false);
-    if !exists {
-        return Err(StoreError::LeaseNotFound(lease_id.to_owned()));
-    }
+    require(conn, lease_id)?;
     conn.execute(
         "DELETE FROM lease_resources WHERE lease_id = ?1 AND kind = ?2 AND id = ?3",
         params![lease_id, kind, id],

@@ -241,6 +241,28 @@ fn lock_root(root: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
+/// Every file under blobs/, as (`algorithm:name`, path). The name is not
+/// validated: a stray file is reported or removed by the caller, never opened
+/// as a blob.
+pub fn blob_files(store: &Store) -> Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    for algorithm in Algorithm::ALL {
+        let dir = store.blob_dir(algorithm);
+        let listing = StoreError::io(format!("listing {}", dir.display()));
+        let entries = std::fs::read_dir(&dir).map_err(listing)?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(format!("listing {}", dir.display())))?;
+            let name = format!(
+                "{}:{}",
+                algorithm.name(),
+                entry.file_name().to_string_lossy()
+            );
+            files.push((name, entry.path()));
+        }
+    }
+    Ok(files)
+}
+
 /// fsyncs a directory so a rename or creation inside it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)

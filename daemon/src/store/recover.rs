@@ -121,21 +121,10 @@ fn remove_unrecorded_blobs(store: &Store) -> Result<()> {
         .into_iter()
         .map(|row| row.digest)
         .collect();
-    for algorithm in distd_sdk::Algorithm::ALL {
-        let dir = store.blob_dir(algorithm);
-        let entries = std::fs::read_dir(&dir)
-            .map_err(StoreError::io(format!("listing {}", dir.display())))?;
-        for entry in entries {
-            let entry = entry.map_err(StoreError::io(format!("listing {}", dir.display())))?;
-            let name = format!(
-                "{}:{}",
-                algorithm.name(),
-                entry.file_name().to_string_lossy()
-            );
-            if !known.contains(&name) {
-                tracing::info!(file = %entry.path().display(), "removing a blob file no record names (a collection was interrupted)");
-                super::remove_file_if_present(&entry.path())?;
-            }
+    for (name, path) in super::blob_files(store)? {
+        if !known.contains(&name) {
+            tracing::info!(file = %path.display(), "removing a blob file no record names (a collection was interrupted)");
+            super::remove_file_if_present(&path)?;
         }
     }
     Ok(())

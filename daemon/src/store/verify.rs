@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use distd_sdk::{Algorithm, Digest};
+use distd_sdk::Digest;
 
 use super::Store;
 use super::ingest::rehash;
@@ -148,24 +148,13 @@ fn check_rows(store: &Store, rows: Vec<meta::blobs::BlobRow>) -> Result<VerifyRe
 /// exists after the check is a real orphan.
 fn orphans(store: &Store, known: &HashSet<String>) -> Result<Vec<Problem>> {
     let mut orphans = Vec::new();
-    for algorithm in Algorithm::ALL {
-        let dir = store.blob_dir(algorithm);
-        let entries = std::fs::read_dir(&dir)
-            .map_err(StoreError::io(format!("listing {}", dir.display())))?;
-        for entry in entries {
-            let entry = entry.map_err(StoreError::io(format!("listing {}", dir.display())))?;
-            let name = format!(
-                "{}:{}",
-                algorithm.name(),
-                entry.file_name().to_string_lossy()
-            );
-            if !known.contains(&name) && !doomed(store, &name) && entry.path().exists() {
-                orphans.push(Problem {
-                    kind: ProblemKind::Orphan,
-                    digest: name,
-                    detail: format!("{} is not recorded in the metadata", entry.path().display()),
-                });
-            }
+    for (name, path) in super::blob_files(store)? {
+        if !known.contains(&name) && !doomed(store, &name) && path.exists() {
+            orphans.push(Problem {
+                kind: ProblemKind::Orphan,
+                detail: format!("{} is not recorded in the metadata", path.display()),
+                digest: name,
+            });
         }
     }
     Ok(orphans)
