@@ -17,8 +17,10 @@ pub mod digest;
 pub mod error;
 pub mod media;
 pub mod paths;
+pub mod reference;
 
 pub use client::{Client, ClientError};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use distd_proto as proto;
 pub use error::ErrorKind;
+pub use reference::{Reference, ReferenceError};
