@@ -18,9 +18,11 @@ pub mod error;
 pub mod media;
 pub mod paths;
 pub mod reference;
+pub mod transport;
 
 pub use client::{Client, ClientError};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use distd_proto as proto;
 pub use error::ErrorKind;
 pub use reference::{Reference, ReferenceError};
+pub use transport::{ByteStream, Descriptor, Locator, Transport, TransportError};

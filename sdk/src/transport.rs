@@ -1,0 +1,126 @@
+//! The transport contract: how content moves between distd and somewhere
+//! else (a registry, a bucket, peers, an external plugin).
+//!
+//! Small and byte-oriented on purpose: a transport resolves references,
+//! streams blobs from an offset, and pushes; everything else (verification,
+//! the store, retries across transports) is the daemon's job. Built-in
+//! transports implement this trait directly; the daemon reaches external
+//! plugins through an adapter that implements it over gRPC.
+
+use std::fmt;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use tokio_stream::Stream;
+
+use crate::digest::Digest;
+use crate::error::ErrorKind;
+use crate::reference::Reference;
+
+/// Where content lives: a registry host and a repository in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Locator {
+    /// Registry as named in references, e.g. `docker.io`, `host:5000`.
+    pub registry: String,
+    /// Repository, e.g. `library/alpine`.
+    pub repository: String,
+}
+
+impl Locator {
+    /// The locator of a reference's repository.
+    pub fn of(reference: &Reference) -> Locator {
+        Locator {
+            registry: reference.registry().to_owned(),
+            repository: reference.repository().to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Locator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)
+    }
+}
+
+/// A piece of content a transport moves: what the OCI spec calls a descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    /// Media type.
+    pub media_type: String,
+    /// Digest.
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What a transport can do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Turns tags into digests (authoritative sources only).
+    pub resolve: bool,
+    /// Streams blobs.
+    pub fetch: bool,
+    /// Streams blobs from an offset (resume, segmented downloads).
+    pub ranged_fetch: bool,
+    /// Accepts blobs and manifests.
+    pub push: bool,
+    /// Mounts a blob from another repository without moving bytes.
+    pub mount: bool,
+}
+
+/// A transport's name and abilities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Description {
+    /// Short name used in configuration and events, e.g. `registry`.
+    pub name: String,
+    /// What it can do.
+    pub capabilities: Capabilities,
+}
+
+/// Why a transport operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TransportError {
+    /// The error's class.
+    pub kind: ErrorKind,
+    /// What went wrong and, where possible, what to do about it.
+    pub message: String,
+}
+
+impl TransportError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        TransportError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A stream of blob bytes, in order.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, TransportError>> + Send>>;
+
+/// A way to move content. Every method is cancellable by dropping its future.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync {
+    /// Name and capabilities.
+    fn describe(&self) -> Description;
+
+    /// Resolves `reference` (a tag, or a digest to check) to the descriptor
+    /// of its manifest or index. `NotFound` when the registry has no such
+    /// reference.
+    async fn resolve(&self, reference: &Reference) -> Result<Descriptor, TransportError>;
+
+    /// Streams `descriptor`'s bytes from `offset`. The bytes are not
+    /// verified here: the daemon hashes everything it stores.
+    async fn fetch(
+        &self,
+        locator: &Locator,
+        descriptor: &Descriptor,
+        offset: u64,
+    ) -> Result<ByteStream, TransportError>;
+
+    /// The size of blob `digest` if present, `None` when absent.
+    async fn stat(&self, locator: &Locator, digest: &Digest)
+    -> Result<Option<u64>, TransportError>;
+}
