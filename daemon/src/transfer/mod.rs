@@ -1,0 +1,371 @@
+//! The pull pipeline: resolve, store the manifest(s), fetch config and layers
+//! concurrently under a lease, and write the image record last, so a failed
+//! pull never leaves an image pointing at missing content. Its partial blobs
+//! stay as ingests under the lease: the next pull resumes them, and GC
+//! collects them once the lease expires.
+
+mod error;
+mod fetch;
+pub mod platform;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use distd_sdk::media::{self, ContentClass};
+use distd_sdk::{Descriptor, Digest, Locator, Reference, Transport};
+use tokio::sync::{Semaphore, mpsc};
+
+pub use error::TransferError;
+use fetch::Fetcher;
+pub use fetch::Inflight;
+use platform::Platform;
+
+use crate::error::StoreError;
+use crate::meta::{self, images::ImageRow, leases::LeaseRow, now_ms};
+use crate::store::Store;
+
+/// How long a pull's lease protects its partial content after a failure.
+pub const PULL_LEASE_TTL: Duration = Duration::from_secs(3600);
+/// Blobs fetched at once by default.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// What happens during a pull, in order per blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The reference resolved to this manifest or index.
+    Resolved {
+        /// Target descriptor.
+        target: Descriptor,
+        /// Transport that resolved it.
+        transport: String,
+    },
+    /// A blob download starts (or resumes from `resume_offset`).
+    BlobStarted {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+        /// Transport serving it.
+        transport: String,
+        /// Bytes already in the ingest.
+        resume_offset: u64,
+    },
+    /// Bytes of a blob in the store so far.
+    Progress {
+        /// The blob.
+        digest: Digest,
+        /// Bytes so far.
+        bytes: u64,
+    },
+    /// A blob is committed.
+    BlobDone {
+        /// The blob.
+        digest: Digest,
+        /// Transport that served it.
+        transport: String,
+        /// Bytes moved this time (less than the size after a resume).
+        transferred: u64,
+    },
+    /// Something the user should know that did not stop the pull.
+    Warning(String),
+    /// The image record is written.
+    Done {
+        /// Image name.
+        name: String,
+        /// Its target.
+        target: Descriptor,
+    },
+}
+
+/// Where a pull's events go; a closed receiver cancels the pull.
+#[derive(Clone)]
+pub struct Events(pub mpsc::Sender<Event>);
+
+impl Events {
+    /// Sends an event; `Cancelled` when nobody listens any more.
+    pub async fn send(&self, event: Event) -> Result<(), TransferError> {
+        self.0
+            .send(event)
+            .await
+            .map_err(|_| TransferError::Cancelled)
+    }
+}
+
+/// How to pull.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// The platform to pick from an index; the host's when `None`.
+    pub platform: Option<Platform>,
+    /// Pull every platform of an index.
+    pub all_platforms: bool,
+    /// Blobs fetched at once.
+    pub concurrency: usize,
+    /// Also fetch non-distributable (foreign) layers.
+    pub include_foreign: bool,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            platform: None,
+            all_platforms: false,
+            concurrency: DEFAULT_CONCURRENCY,
+            include_foreign: false,
+        }
+    }
+}
+
+/// Pulls images into a store; one per daemon, shared by all pulls.
+#[derive(Clone)]
+pub struct Puller {
+    store: Store,
+    inflight: Inflight,
+}
+
+impl Puller {
+    /// A puller over `store`.
+    pub fn new(store: Store) -> Self {
+        Puller {
+            store,
+            inflight: Inflight::default(),
+        }
+    }
+
+    /// Pulls `reference` through `transport`; returns the image's target.
+    pub async fn pull(
+        &self,
+        transport: Arc<dyn Transport>,
+        reference: &Reference,
+        options: &PullOptions,
+        events: Events,
+    ) -> Result<Descriptor, TransferError> {
+        let lease = self.create_lease().await?;
+        let fetcher = Fetcher {
+            store: self.store.clone(),
+            transport,
+            locator: Locator::of(reference),
+            lease: lease.clone(),
+            inflight: self.inflight.clone(),
+            events,
+        };
+        let result = self.pull_leased(&fetcher, reference, options).await;
+        if result.is_ok() {
+            // The image record roots the content now.
+            self.store
+                .meta()
+                .run(move |conn| meta::leases::delete(conn, &lease))
+                .await?;
+        }
+        result
+    }
+
+    async fn create_lease(&self) -> Result<String, StoreError> {
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random)
+            .map_err(|e| StoreError::Task(format!("no randomness: {e}")))?;
+        let now = now_ms();
+        let ttl = i64::try_from(PULL_LEASE_TTL.as_millis()).unwrap_or(i64::MAX);
+        let row = LeaseRow {
+            id: format!(
+                "pull-{}",
+                random
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ),
+            created_at: now,
+            expires_at: Some(now.saturating_add(ttl)),
+            labels: [("distd.pull".to_owned(), "true".to_owned())].into(),
+            resources: Vec::new(),
+        };
+        let id = row.id.clone();
+        self.store
+            .meta()
+            .run(move |conn| meta::leases::insert(conn, &row))
+            .await?;
+        Ok(id)
+    }
+
+    async fn pull_leased(
+        &self,
+        fetcher: &Fetcher,
+        reference: &Reference,
+        options: &PullOptions,
+    ) -> Result<Descriptor, TransferError> {
+        let name = reference.to_string();
+        let target = fetcher
+            .transport
+            .resolve(reference)
+            .await
+            .map_err(|source| TransferError::Transport {
+                registry: reference.registry().to_owned(),
+                source,
+            })?;
+        fetcher
+            .events
+            .send(Event::Resolved {
+                target: target.clone(),
+                transport: fetcher.transport.describe().name,
+            })
+            .await?;
+        fetcher.fetch(&target).await?;
+        let manifests = match media::classify(&target.media_type) {
+            ContentClass::Manifest => vec![target.clone()],
+            ContentClass::Index => {
+                let index = self.read_small(&target).await?;
+                let wanted = match (&options.platform, options.all_platforms) {
+                    (_, true) => None,
+                    (Some(platform), false) => Some(platform.clone()),
+                    (None, false) => Some(Platform::host()),
+                };
+                let bad = |detail: String| TransferError::BadManifest {
+                    reference: name.clone(),
+                    detail,
+                };
+                let entries = platform::entries(&index, wanted.as_ref()).map_err(bad)?;
+                let chosen =
+                    platform::select(entries, options.all_platforms).map_err(|offered| {
+                        TransferError::NoPlatform {
+                            reference: name.clone(),
+                            platform: wanted
+                                .map_or_else(|| "any platform".into(), |p| p.to_string()),
+                            offered,
+                        }
+                    })?;
+                chosen
+                    .into_iter()
+                    .map(|e| Descriptor {
+                        media_type: e.child.media_type,
+                        digest: e.child.digest,
+                        size: e.child.size,
+                    })
+                    .collect()
+            }
+            _ => {
+                return Err(TransferError::Unsupported {
+                    reference: name,
+                    media_type: target.media_type.clone(),
+                    hint: if target.media_type.contains("manifest.v1") {
+                        ": Docker schema 1 images are deprecated; push the image again with a current tool"
+                    } else {
+                        ""
+                    },
+                });
+            }
+        };
+        let mut blobs = Vec::new();
+        for manifest in &manifests {
+            fetcher.fetch(manifest).await?;
+            let bytes = self.read_small(manifest).await?;
+            let children = media::children(&manifest.media_type, &bytes).map_err(|e| {
+                TransferError::BadManifest {
+                    reference: name.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+            for child in children {
+                let foreign = child.media_type.contains("nondistributable")
+                    || child.media_type.contains("foreign");
+                if foreign && !options.include_foreign {
+                    fetcher
+                        .events
+                        .send(Event::Warning(format!(
+                            "skipping non-distributable layer {}",
+                            child.digest
+                        )))
+                        .await?;
+                    continue;
+                }
+                blobs.push(Descriptor {
+                    media_type: child.media_type,
+                    digest: child.digest,
+                    size: child.size,
+                });
+            }
+        }
+        self.fetch_all(fetcher, blobs, options.concurrency).await?;
+        self.record_image(&name, &target).await?;
+        fetcher
+            .events
+            .send(Event::Done {
+                name,
+                target: target.clone(),
+            })
+            .await?;
+        Ok(target)
+    }
+
+    /// Fetches `blobs`, `concurrency` at a time; the first failure wins.
+    async fn fetch_all(
+        &self,
+        fetcher: &Fetcher,
+        blobs: Vec<Descriptor>,
+        concurrency: usize,
+    ) -> Result<(), TransferError> {
+        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        let fetcher = Arc::new(Fetcher {
+            store: fetcher.store.clone(),
+            transport: Arc::clone(&fetcher.transport),
+            locator: fetcher.locator.clone(),
+            lease: fetcher.lease.clone(),
+            inflight: fetcher.inflight.clone(),
+            events: fetcher.events.clone(),
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        for blob in blobs {
+            let permits = Arc::clone(&permits);
+            let fetcher = Arc::clone(&fetcher);
+            tasks.spawn(async move {
+                let _permit = permits
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| TransferError::Cancelled)?;
+                fetcher.fetch(&blob).await
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let outcome = joined.map_err(|e| StoreError::Task(e.to_string()))?;
+            // Dropping the set on return aborts the other downloads; their
+            // ingests stay resumable.
+            outcome?;
+        }
+        Ok(())
+    }
+
+    /// Reads a manifest or index from the store (bounded).
+    async fn read_small(&self, blob: &Descriptor) -> Result<Vec<u8>, TransferError> {
+        if blob.size > media::MAX_MANIFEST_BYTES {
+            return Err(TransferError::BadManifest {
+                reference: blob.digest.to_string(),
+                detail: format!("a {} of {} bytes is too large", blob.media_type, blob.size),
+            });
+        }
+        let mut chunks = self.store.read(&blob.digest, 0, 0).await?;
+        let mut bytes = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
+        while let Some(chunk) = chunks.recv().await {
+            bytes.extend_from_slice(&chunk?.1);
+        }
+        Ok(bytes)
+    }
+
+    async fn record_image(&self, name: &str, target: &Descriptor) -> Result<(), StoreError> {
+        let now = now_ms();
+        let row = ImageRow {
+            name: name.to_owned(),
+            media_type: target.media_type.clone(),
+            digest: target.digest.to_string(),
+            size: i64::try_from(target.size).unwrap_or(i64::MAX),
+            annotations: Default::default(),
+            labels: Default::default(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.store
+            .meta()
+            .run(move |conn| meta::images::upsert(conn, &row))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests;
