@@ -10,6 +10,9 @@ cd "$(dirname "$0")"
 # suites (registry, S3, engines) add their lines here.
 APT_TOOLS=(
     # "command:package"
+    "docker-registry:docker-registry" # the origin registry (Distribution 2.8)
+    "skopeo:skopeo"                   # pushes OCI layouts to it
+    "htpasswd:apache2-utils"          # its basic-auth password file
 )
 
 missing_packages=()

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod daemon;
 pub mod data;
 pub mod oci;
+pub mod registry;
 pub mod rpc;
 
 pub use cli::{CliOutput, distctl, distctl_at};

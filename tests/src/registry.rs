@@ -1,0 +1,262 @@
+//! A real origin registry for tests: Debian's `docker-registry`
+//! (Distribution 2.8) on a free loopback port, filled with `skopeo`.
+//!
+//! The tools are installed by `./test.sh` (its `APT_TOOLS` list). A missing
+//! tool fails the test with a message saying so; nothing is skipped.
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use distd_sdk::media;
+use serde_json::json;
+use tempfile::TempDir;
+
+use crate::oci::{Blob, Image};
+use crate::poll_until;
+
+/// The registry binary of Debian's `docker-registry` package.
+pub const REGISTRY_BIN: &str = "docker-registry";
+
+/// `command`'s path on `$PATH`; panics telling to run `./test.sh` when
+/// it is missing.
+pub fn require_tool(command: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(command))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{command}` is not installed (Debian package {package}): run ./test.sh, \
+                 which installs the tools the tests need"
+            )
+        })
+}
+
+/// A running registry; dropping it kills the process and removes its storage.
+pub struct Registry {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+    creds: Option<(String, String)>,
+}
+
+impl Registry {
+    /// An anonymous registry.
+    pub fn start() -> Registry {
+        Registry::spawn(None)
+    }
+
+    /// A registry that requires HTTP Basic auth as `user`:`password`
+    /// (a bcrypt htpasswd file made by `htpasswd -Bbn`).
+    pub fn start_with_auth(user: &str, password: &str) -> Registry {
+        Registry::spawn(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn spawn(creds: Option<(String, String)>) -> Registry {
+        let registry_bin = require_tool(REGISTRY_BIN, "docker-registry");
+        let dir = tempfile::Builder::new()
+            .prefix("distd-registry-")
+            .tempdir()
+            .expect("create the registry's directory");
+        let port = free_port();
+        let mut auth = String::new();
+        if let Some((user, password)) = &creds {
+            let htpasswd = require_tool("htpasswd", "apache2-utils");
+            let out = Command::new(htpasswd)
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("run htpasswd");
+            assert!(out.status.success(), "htpasswd failed: {out:?}");
+            fs::write(dir.path().join("htpasswd"), &out.stdout).expect("write htpasswd");
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: distd-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            );
+        }
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: 127.0.0.1:{port}\n{auth}",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        fs::write(&config_path, config).expect("write the registry config");
+        let log = fs::File::create(dir.path().join("registry.log")).expect("create registry.log");
+        let child = Command::new(registry_bin)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let mut registry = Registry {
+            child: Some(child),
+            port,
+            dir,
+            creds,
+        };
+        poll_until(
+            Duration::from_secs(20),
+            "docker-registry to answer GET /v2/",
+            || {
+                if let Some(child) = registry.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!("docker-registry exited with {status}:\n{}", registry.log());
+                }
+                answers_v2(port).then_some(())
+            },
+        );
+        registry
+    }
+
+    /// `127.0.0.1:PORT`, the registry part of references to it.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The registry's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Pushes the OCI layout at `dir` as `repo_tag` (`repo:tag`) with
+    /// `skopeo copy --preserve-digests` (with `--dest-creds` when the
+    /// registry requires auth).
+    pub fn push_layout(&self, dir: &Path, repo_tag: &str) {
+        self.push(dir, repo_tag, false);
+    }
+
+    /// Like [`Registry::push_layout`] for a layout whose image is an index,
+    /// copying all of its manifests.
+    pub fn push_index_layout(&self, dir: &Path, repo_tag: &str) {
+        self.push(dir, repo_tag, true);
+    }
+
+    fn push(&self, dir: &Path, repo_tag: &str, all: bool) {
+        let skopeo = require_tool("skopeo", "skopeo");
+        let policy = self.dir.path().join("policy.json");
+        fs::write(
+            &policy,
+            br#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+        )
+        .expect("write the skopeo policy");
+        let mut command = Command::new(skopeo);
+        command
+            .arg("--policy")
+            .arg(&policy)
+            .args(["copy", "--dest-tls-verify=false", "--preserve-digests"])
+            .env(
+                "REGISTRY_AUTH_FILE",
+                self.dir.path().join("skopeo-auth.json"),
+            );
+        if all {
+            command.arg("--all");
+        }
+        if let Some((user, password)) = &self.creds {
+            command.arg(format!("--dest-creds={user}:{password}"));
+        }
+        command
+            .arg(format!("oci:{}", dir.display()))
+            .arg(format!("docker://{}/{repo_tag}", self.host()));
+        let out = command.output().expect("run skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo copy to {repo_tag} failed: {}\n{}\nregistry log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("a bound address").port()
+}
+
+/// Whether an HTTP server on `port` answers `GET /v2/` (any status).
+fn answers_v2(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    if stream
+        .write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).is_ok() && &head == b"HTTP/"
+}
+
+/// A multi-platform image: an OCI index over two single-platform images.
+pub struct MultiArch {
+    /// The index blob.
+    pub index: Blob,
+    /// The linux/amd64 and linux/arm64 images, in index order.
+    pub images: Vec<Image>,
+}
+
+impl MultiArch {
+    /// Two random images (`seed`, `seed + 1`) with the given layer sizes.
+    pub fn random(seed: u64, layer_sizes: &[usize]) -> MultiArch {
+        let images: Vec<Image> = (0..2)
+            .map(|i| Image::random(seed + i, layer_sizes))
+            .collect();
+        let manifests: Vec<_> = images
+            .iter()
+            .zip(["amd64", "arm64"])
+            .map(|(image, arch)| {
+                let mut d = image.manifest.descriptor();
+                d["platform"] = json!({ "os": "linux", "architecture": arch });
+                d
+            })
+            .collect();
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": manifests,
+        });
+        let index = Blob::new(
+            media::OCI_INDEX,
+            serde_json::to_vec(&index).expect("serialize an index"),
+        );
+        MultiArch { index, images }
+    }
+
+    /// Writes an OCI layout at `dir` whose index.json names the index,
+    /// tagged `tag`.
+    pub fn write_layout(&self, dir: &Path, tag: &str) {
+        for image in &self.images {
+            image.write_layout(dir, tag);
+        }
+        let blobs = dir.join("blobs").join("sha256");
+        fs::write(blobs.join(self.index.hex()), &self.index.bytes).expect("write the index blob");
+        let mut descriptor = self.index.descriptor();
+        descriptor["annotations"] = json!({ "org.opencontainers.image.ref.name": tag });
+        let top =
+            json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": [descriptor] });
+        fs::write(
+            dir.join("index.json"),
+            serde_json::to_vec_pretty(&top).expect("serialize index.json"),
+        )
+        .expect("write index.json");
+    }
+}
