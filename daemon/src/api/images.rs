@@ -22,6 +22,27 @@ impl ImagesService {
     pub fn new(store: Store) -> Self {
         ImagesService { store }
     }
+
+    /// Checks the target is stored, then writes the row with `operation`
+    /// (insert or update) in the same transaction; returns the stored row.
+    async fn write(
+        &self,
+        row: ImageRow,
+        operation: fn(&rusqlite::Connection, &ImageRow) -> Result<()>,
+    ) -> Result<ImageRow> {
+        self.store
+            .meta()
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                require_target(&tx, &row)?;
+                operation(&tx, &row)?;
+                let stored = meta::images::get(&tx, &row.name)?
+                    .ok_or_else(|| StoreError::ImageNotFound(row.name.clone()))?;
+                tx.commit()?;
+                Ok(stored)
+            })
+            .await
+    }
 }
 
 fn to_api(row: ImageRow) -> pb::Image {
@@ -121,15 +142,7 @@ impl pb::images_server::Images for ImagesService {
     ) -> Result<Response<pb::CreateImageResponse>, Status> {
         let row = from_api(request.into_inner().image, now_ms()).map_err(status)?;
         let row = self
-            .store
-            .meta()
-            .run(move |conn| {
-                let tx = conn.transaction()?;
-                require_target(&tx, &row)?;
-                meta::images::insert(&tx, &row)?;
-                tx.commit()?;
-                Ok(row)
-            })
+            .write(row, meta::images::insert)
             .await
             .map_err(status)?;
         tracing::info!(name = %row.name, target = %row.digest, "image created");
@@ -144,17 +157,7 @@ impl pb::images_server::Images for ImagesService {
     ) -> Result<Response<pb::UpdateImageResponse>, Status> {
         let row = from_api(request.into_inner().image, now_ms()).map_err(status)?;
         let row = self
-            .store
-            .meta()
-            .run(move |conn| {
-                let tx = conn.transaction()?;
-                require_target(&tx, &row)?;
-                meta::images::update(&tx, &row)?;
-                let row = meta::images::get(&tx, &row.name)?
-                    .ok_or_else(|| StoreError::ImageNotFound(row.name.clone()))?;
-                tx.commit()?;
-                Ok(row)
-            })
+            .write(row, meta::images::update)
             .await
             .map_err(status)?;
         tracing::info!(name = %row.name, target = %row.digest, "image updated");
