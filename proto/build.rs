@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "distd/v1/images.proto",
         "distd/v1/leases.proto",
         "distd/v1/store.proto",
+        "distd/v1/transfer.proto",
     ];
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

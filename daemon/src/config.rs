@@ -64,6 +64,26 @@ pub struct Config {
     /// Garbage collection.
     #[serde(default)]
     pub gc: GcConfig,
+    /// Per-registry settings, keyed as references name the registry
+    /// (`docker.io`, `registry.example.com:5000`).
+    #[serde(default)]
+    pub registries: std::collections::HashMap<String, RegistrySettings>,
+}
+
+/// `[registries."host:port"]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySettings {
+    /// Plain HTTP (loopback registries get it without asking, as in Docker).
+    pub insecure_http: bool,
+    /// PEM file of CA certificates to trust for this registry.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate. For tests only.
+    pub skip_tls_verify: bool,
+    /// Username; takes precedence over Docker's and podman's credential files.
+    pub username: Option<String>,
+    /// Password or token for `username`.
+    pub password: Option<String>,
 }
 
 /// `[log]`.
@@ -252,6 +272,28 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The registry transport's settings.
+    pub fn registry_options(&self) -> distd_plugin_registry::RegistryOptions {
+        distd_plugin_registry::RegistryOptions {
+            registries: self
+                .registries
+                .iter()
+                .map(|(host, r)| {
+                    let config = distd_plugin_registry::RegistryConfig {
+                        insecure_http: r.insecure_http,
+                        ca_file: r.ca_file.clone(),
+                        skip_tls_verify: r.skip_tls_verify,
+                        username: r.username.clone(),
+                        password: r.password.clone(),
+                    };
+                    (host.clone(), config)
+                })
+                .collect(),
+            user_agent: Some(format!("distd/{}", env!("CARGO_PKG_VERSION"))),
+            ..Default::default()
+        }
     }
 
     /// The low watermark in force: the configured one, else the high one.

@@ -14,13 +14,11 @@ mod gc;
 mod meta;
 mod server;
 mod store;
-// The pull pipeline is tested on its own; the Transfer API and the registry
-// transport that drive it land with the rest of the pull work (issue 4).
-#[allow(dead_code)]
 mod transfer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -132,7 +130,14 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = tokio::spawn(server::wait_for_signal(stop_tx));
-    let serving = api::serve(store.clone(), listener, server::stopped(stop_rx.clone()));
+    let transport = distd_plugin_registry::RegistryTransport::new(config.registry_options())
+        .map_err(|e| anyhow::anyhow!("cannot set up the registry transport: {e}"))?;
+    let serving = api::serve(
+        store.clone(),
+        Arc::new(transport),
+        listener,
+        server::stopped(stop_rx.clone()),
+    );
     let grace = async {
         server::stopped(stop_rx).await;
         tokio::time::sleep(server::SHUTDOWN_GRACE).await;

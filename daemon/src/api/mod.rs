@@ -8,14 +8,19 @@ mod images;
 mod leases;
 mod status;
 mod store;
+mod transfer;
 
 use std::future::Future;
+use std::sync::Arc;
+
+use distd_sdk::Transport;
 
 use distd_proto::distd::v1 as pb;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::store::Store;
+use crate::transfer::Puller;
 
 pub use status::status;
 
@@ -29,6 +34,7 @@ pub const FLOW_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// accepting and waits for in-flight calls.
 pub async fn serve(
     store: Store,
+    transport: Arc<dyn Transport>,
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -52,6 +58,9 @@ pub async fn serve(
             store::StoreService::new(store.clone()),
         ))
         .add_service(pb::system_server::SystemServer::new(store::SystemService))
+        .add_service(pb::transfer_server::TransferServer::new(
+            transfer::TransferService::new(Puller::new(store.clone()), transport),
+        ))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
 }

@@ -142,6 +142,11 @@ impl Client {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    /// The raw `Transfer` service client.
+    pub fn transfer(&self) -> pb::transfer_client::TransferClient<Channel> {
+        pb::transfer_client::TransferClient::new(self.channel.clone())
+    }
+
     /// The raw `System` service client.
     pub fn system(&self) -> pb::system_client::SystemClient<Channel> {
         pb::system_client::SystemClient::new(self.channel.clone())

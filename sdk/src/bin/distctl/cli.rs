@@ -28,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the versions of distctl and of the daemon.
     Version,
+    /// Pull an image from its registry into the store.
+    Pull(PullArgs),
     /// Blobs of the content store.
     #[command(subcommand)]
     Content(ContentCmd),
@@ -52,6 +54,20 @@ pub enum Command {
     /// Re-hash every blob and report missing, corrupt and orphan files
     /// (exit status 1 when there are any).
     Verify,
+}
+
+/// `pull` arguments.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Image reference, e.g. `alpine`, `host:5000/app:1.0`, `app@sha256:…`.
+    pub reference: String,
+    /// Platform to pick from a multi-platform image, `os/arch[/variant]`
+    /// [default: the daemon's host].
+    #[arg(long, value_name = "PLATFORM", conflicts_with = "all_platforms")]
+    pub platform: Option<String>,
+    /// Pull every platform of a multi-platform image.
+    #[arg(long)]
+    pub all_platforms: bool,
 }
 
 /// `content` subcommands.

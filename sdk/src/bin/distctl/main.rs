@@ -16,6 +16,7 @@ mod images;
 mod import;
 mod layout;
 mod output;
+mod pull;
 mod source;
 mod store;
 mod tarwrite;
@@ -59,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         .map_err(|e| explain::explain(e, "connecting", &[]))?;
     match cli.command {
         Command::Version => store::version(&client, out).await?,
+        Command::Pull(args) => pull::run(&client, out, args).await?,
         Command::Content(cmd) => content::run(&client, out, cmd).await?,
         Command::Images(cmd) => images::run(&client, out, cmd).await?,
         Command::Import(args) => import::run(&client, out, args).await?,

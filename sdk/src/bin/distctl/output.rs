@@ -19,6 +19,11 @@ impl Output {
         Output { json }
     }
 
+    /// True with `--json`.
+    pub fn is_json(self) -> bool {
+        self.json
+    }
+
     /// Prints a result: `doc` with `--json`, else the lines `human` makes.
     pub fn result(self, doc: &Value, human: impl FnOnce() -> Vec<String>) {
         if self.json {

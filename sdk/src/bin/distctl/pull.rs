@@ -1,0 +1,178 @@
+//! `distctl pull`: asks distd to pull an image and shows the pull's events —
+//! a bar per blob and a total on a terminal (stderr), plain lines on stdout
+//! otherwise, one JSON object per event with `--json`. Errors stay one line
+//! on stderr.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+
+use distd_sdk::proto::distd::v1 as pb;
+use distd_sdk::{Client, ClientError};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pb::pull_event::Event;
+use serde_json::json;
+
+use crate::cli::PullArgs;
+use crate::explain::explain;
+use crate::output::{self, Output};
+
+const BAR: &str = "{msg:20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}";
+
+/// Where events are shown.
+enum View {
+    Json,
+    Lines,
+    Bars {
+        multi: MultiProgress,
+        total: ProgressBar,
+        blobs: HashMap<String, (ProgressBar, u64)>,
+    },
+}
+
+/// Runs `distctl pull`.
+pub async fn run(client: &Client, out: Output, args: PullArgs) -> anyhow::Result<()> {
+    let request = pb::PullRequest {
+        reference: args.reference.clone(),
+        platform: args.platform.unwrap_or_default(),
+        all_platforms: args.all_platforms,
+    };
+    let action = format!("pulling {}", args.reference);
+    // distd's messages say what to do (log in, pick a platform, …).
+    let fail = |e: tonic::Status| explain(ClientError::from(e), &action, &[]);
+    let mut events = client
+        .transfer()
+        .pull(request)
+        .await
+        .map_err(fail)?
+        .into_inner();
+    let mut view = if out.is_json() {
+        View::Json
+    } else if std::io::stderr().is_terminal() {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let total = multi.add(ProgressBar::new(0));
+        if let Ok(style) = ProgressStyle::with_template(BAR) {
+            total.set_style(style.progress_chars("=> "));
+        }
+        total.set_message("total");
+        View::Bars {
+            multi,
+            total,
+            blobs: HashMap::new(),
+        }
+    } else {
+        View::Lines
+    };
+    let mut done = None;
+    while let Some(event) = events.message().await.map_err(fail)? {
+        let Some(event) = event.event else { continue };
+        if let Event::Done(d) = &event {
+            done = Some((d.name.clone(), d.target.clone().unwrap_or_default()));
+        }
+        show(&mut view, &event);
+    }
+    if let View::Bars { multi, total, .. } = &view {
+        total.finish_and_clear();
+        let _ = multi.clear();
+    }
+    let Some((name, target)) = done else {
+        anyhow::bail!("{action}: distd ended the pull without saying it was done");
+    };
+    if !out.is_json() {
+        println!("{name}@{} ({})", target.digest, output::bytes(target.size));
+    }
+    Ok(())
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
+
+fn show(view: &mut View, event: &Event) {
+    match view {
+        View::Json => println!("{}", event_json(event)),
+        View::Lines => match event {
+            Event::Resolved(r) => {
+                let target = r.target.clone().unwrap_or_default();
+                println!(
+                    "resolved {} ({}) via {}",
+                    target.digest, target.media_type, r.transport
+                );
+            }
+            Event::BlobStarted(b) if b.resume_offset > 0 => {
+                println!(
+                    "{} resuming at {} of {}",
+                    short(&b.digest),
+                    b.resume_offset,
+                    b.size
+                );
+            }
+            Event::BlobDone(b) => println!(
+                "{} done via {} ({} transferred)",
+                short(&b.digest),
+                b.transport,
+                output::bytes(b.transferred)
+            ),
+            Event::Warning(w) => output::warn(w),
+            _ => {}
+        },
+        View::Bars {
+            multi,
+            total,
+            blobs,
+        } => match event {
+            Event::BlobStarted(b) => {
+                let size = u64::try_from(b.size).unwrap_or(0);
+                let bar = multi.add(ProgressBar::new(size));
+                if let Ok(style) = ProgressStyle::with_template(BAR) {
+                    bar.set_style(style.progress_chars("=> "));
+                }
+                bar.set_message(short(&b.digest).to_owned());
+                let start = u64::try_from(b.resume_offset).unwrap_or(0);
+                bar.set_position(start);
+                total.inc_length(size);
+                total.inc(start);
+                blobs.insert(b.digest.clone(), (bar, start));
+            }
+            Event::Progress(p) => {
+                if let Some((bar, seen)) = blobs.get_mut(&p.digest) {
+                    let now = u64::try_from(p.bytes).unwrap_or(0);
+                    total.inc(now.saturating_sub(*seen));
+                    *seen = now;
+                    bar.set_position(now);
+                }
+            }
+            Event::BlobDone(b) => {
+                if let Some((bar, _)) = blobs.remove(&b.digest) {
+                    bar.finish_and_clear();
+                }
+            }
+            Event::Warning(w) => {
+                let _ = multi.println(format!("warning: {w}"));
+            }
+            _ => {}
+        },
+    }
+}
+
+fn event_json(event: &Event) -> serde_json::Value {
+    let descriptor = |d: &Option<pb::Descriptor>| {
+        let d = d.clone().unwrap_or_default();
+        json!({ "mediaType": d.media_type, "digest": d.digest, "size": d.size })
+    };
+    match event {
+        Event::Resolved(r) => {
+            json!({ "event": "resolved", "target": descriptor(&r.target), "transport": r.transport })
+        }
+        Event::BlobStarted(b) => {
+            json!({ "event": "blob_started", "digest": b.digest, "size": b.size, "transport": b.transport, "resume_offset": b.resume_offset })
+        }
+        Event::Progress(p) => json!({ "event": "progress", "digest": p.digest, "bytes": p.bytes }),
+        Event::BlobDone(b) => {
+            json!({ "event": "blob_done", "digest": b.digest, "transport": b.transport, "transferred": b.transferred })
+        }
+        Event::Warning(w) => json!({ "event": "warning", "message": w }),
+        Event::Done(d) => {
+            json!({ "event": "done", "name": d.name, "target": descriptor(&d.target) })
+        }
+    }
+}
