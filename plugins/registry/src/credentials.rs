@@ -149,6 +149,20 @@ impl Credentials {
     }
 
     async fn run_helper(&self, helper: &str, server: &str) -> Option<Basic> {
+        // The name comes from a config file: it must name a program in a
+        // PATH directory, never a path of its own.
+        let plain = !helper.is_empty()
+            && helper
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && !helper.starts_with('.');
+        if !plain {
+            tracing::warn!(
+                helper,
+                "ignoring a credential helper name that is not a plain name"
+            );
+            return None;
+        }
         let name = format!("docker-credential-{helper}");
         let path = self
             .helper_path
@@ -339,6 +353,20 @@ mod tests {
         );
         assert_eq!(c.lookup("other.example.com", "a").await, None);
         assert_eq!(c.lookup("nowhere.example.com", "a").await, None);
+    }
+
+    #[tokio::test]
+    async fn a_helper_name_cannot_be_a_path() {
+        let credentials = Credentials {
+            helper_path: Some(std::env::temp_dir().into_os_string()),
+            ..Credentials::default()
+        };
+        for name in ["../../bin/sh", "a/b", ".hidden", ""] {
+            assert!(
+                credentials.run_helper(name, "x").await.is_none(),
+                "{name:?}"
+            );
+        }
     }
 
     #[tokio::test]
