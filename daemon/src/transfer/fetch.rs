@@ -64,7 +64,8 @@ impl Inflight {
     }
 }
 
-/// What a pull needs to fetch blobs.
+/// What a pull needs to fetch blobs; clones share the pull.
+#[derive(Clone)]
 pub struct Fetcher {
     /// The store.
     pub store: Store,

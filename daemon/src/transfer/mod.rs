@@ -303,14 +303,7 @@ impl Puller {
         concurrency: usize,
     ) -> Result<(), TransferError> {
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-        let fetcher = Arc::new(Fetcher {
-            store: fetcher.store.clone(),
-            transport: Arc::clone(&fetcher.transport),
-            locator: fetcher.locator.clone(),
-            lease: fetcher.lease.clone(),
-            inflight: fetcher.inflight.clone(),
-            events: fetcher.events.clone(),
-        });
+        let fetcher = Arc::new(fetcher.clone());
         let mut tasks = tokio::task::JoinSet::new();
         for blob in blobs {
             let permits = Arc::clone(&permits);
