@@ -64,6 +64,14 @@ pub struct Config {
     /// Garbage collection.
     #[serde(default)]
     pub gc: GcConfig,
+    /// Pulls.
+    #[serde(default)]
+    pub transfer: TransferConfig,
+    /// A directory laid out like Docker's `certs.d`
+    /// (`<dir>/<host:port>/*.crt`, `client.cert` + `client.key`); default:
+    /// `certs.d` beside the config file. `/etc/docker/certs.d` and
+    /// `/etc/containers/certs.d` are searched after it.
+    pub certs_dir: Option<PathBuf>,
     /// Per-registry settings, keyed as references name the registry
     /// (`docker.io`, `registry.example.com:5000`).
     #[serde(default)]
@@ -74,17 +82,49 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrySettings {
-    /// Plain HTTP (loopback registries get it without asking, as in Docker).
-    pub insecure_http: bool,
+    /// Docker's insecure registry: no certificate checks, and plain HTTP when
+    /// the registry does not speak TLS (loopback registries may use plain
+    /// HTTP without this; their certificates are still checked).
+    pub insecure: bool,
     /// PEM file of CA certificates to trust for this registry.
     pub ca_file: Option<PathBuf>,
-    /// Accept any certificate. For tests only.
-    pub skip_tls_verify: bool,
+    /// PEM client certificate for registries that require mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
     /// Username; takes precedence over Docker's and podman's credential files.
     pub username: Option<String>,
     /// Password or token for `username`.
     pub password: Option<String>,
 }
+
+/// `[transfer]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    /// Blobs one pull fetches at once.
+    pub concurrency: usize,
+    /// How long a failed pull's partial content is kept for a retry to
+    /// resume; after that GC may collect it.
+    #[serde(with = "humantime_serde_lite")]
+    pub pull_lease_ttl: Duration,
+    /// Also fetch non-distributable ("foreign") layers, which registries
+    /// usually do not serve and licences may forbid redistributing.
+    pub include_foreign_layers: bool,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            concurrency: crate::transfer::DEFAULT_CONCURRENCY,
+            pull_lease_ttl: crate::transfer::DEFAULT_PULL_LEASE_TTL,
+            include_foreign_layers: false,
+        }
+    }
+}
+
+/// The most blobs one pull may fetch at once.
+pub const MAX_CONCURRENCY: usize = 64;
 
 /// `[log]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -271,20 +311,50 @@ impl Config {
                 message: "must be longer than zero".into(),
             });
         }
+        if !(1..=MAX_CONCURRENCY).contains(&self.transfer.concurrency) {
+            return Err(ConfigError::Invalid {
+                key: "transfer.concurrency",
+                message: format!("must be between 1 and {MAX_CONCURRENCY}"),
+            });
+        }
+        if self.transfer.pull_lease_ttl.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "transfer.pull_lease_ttl",
+                message: "must be longer than zero".into(),
+            });
+        }
+        for (host, registry) in &self.registries {
+            if registry.client_cert.is_some() != registry.client_key.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "registries.*.client_cert",
+                    message: format!("registry {host}: set both client_cert and client_key"),
+                });
+            }
+        }
         Ok(())
     }
 
-    /// The registry transport's settings.
-    pub fn registry_options(&self) -> distd_plugin_registry::RegistryOptions {
+    /// The registry transport's settings; `config_file` is where this
+    /// config was read from (its directory holds the default `certs.d`).
+    pub fn registry_options(
+        &self,
+        config_file: Option<&Path>,
+    ) -> distd_plugin_registry::RegistryOptions {
+        let certs_dir = self.certs_dir.clone().or_else(|| {
+            config_file
+                .and_then(Path::parent)
+                .map(|dir| dir.join("certs.d"))
+        });
         distd_plugin_registry::RegistryOptions {
             registries: self
                 .registries
                 .iter()
                 .map(|(host, r)| {
                     let config = distd_plugin_registry::RegistryConfig {
-                        insecure_http: r.insecure_http,
+                        insecure: r.insecure,
                         ca_file: r.ca_file.clone(),
-                        skip_tls_verify: r.skip_tls_verify,
+                        client_cert: r.client_cert.clone(),
+                        client_key: r.client_key.clone(),
                         username: r.username.clone(),
                         password: r.password.clone(),
                     };
@@ -292,6 +362,7 @@ impl Config {
                 })
                 .collect(),
             user_agent: Some(format!("distd/{}", env!("CARGO_PKG_VERSION"))),
+            certs_dirs: certs_dir.into_iter().collect(),
             ..Default::default()
         }
     }

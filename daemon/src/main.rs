@@ -130,11 +130,15 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = tokio::spawn(server::wait_for_signal(stop_tx));
-    let transport = distd_plugin_registry::RegistryTransport::new(config.registry_options())
-        .map_err(|e| anyhow::anyhow!("cannot set up the registry transport: {e}"))?;
+    let transport = distd_plugin_registry::RegistryTransport::new(
+        config.registry_options(args.config.as_deref()),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set up the registry transport: {e}"))?;
+    let pulls = transfer::PullDefaults::from(&config.transfer);
     let serving = api::serve(
         store.clone(),
         Arc::new(transport),
+        pulls,
         listener,
         server::stopped(stop_rx.clone()),
     );

@@ -35,6 +35,7 @@ pub const FLOW_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 pub async fn serve(
     store: Store,
     transport: Arc<dyn Transport>,
+    pulls: crate::transfer::PullDefaults,
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -59,7 +60,11 @@ pub async fn serve(
         ))
         .add_service(pb::system_server::SystemServer::new(store::SystemService))
         .add_service(pb::transfer_server::TransferServer::new(
-            transfer::TransferService::new(Puller::new(store.clone()), transport),
+            transfer::TransferService::new(
+                Puller::new(store.clone(), pulls.lease_ttl),
+                transport,
+                pulls,
+            ),
         ))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await

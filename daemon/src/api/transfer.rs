@@ -14,18 +14,23 @@ use tracing::Instrument;
 
 use super::convert::signed;
 use crate::transfer::platform::Platform;
-use crate::transfer::{Event, Events, PullOptions, Puller, TransferError};
+use crate::transfer::{Event, Events, PullDefaults, PullOptions, Puller, TransferError};
 
 /// Serves `Transfer` with one puller and the transport it pulls through.
 pub struct TransferService {
     puller: Puller,
     transport: Arc<dyn Transport>,
+    defaults: PullDefaults,
 }
 
 impl TransferService {
-    /// A service pulling through `transport`.
-    pub fn new(puller: Puller, transport: Arc<dyn Transport>) -> Self {
-        TransferService { puller, transport }
+    /// A service pulling through `transport` with the daemon's `defaults`.
+    pub fn new(puller: Puller, transport: Arc<dyn Transport>, defaults: PullDefaults) -> Self {
+        TransferService {
+            puller,
+            transport,
+            defaults,
+        }
     }
 }
 
@@ -105,7 +110,7 @@ impl pb::transfer_server::Transfer for TransferService {
         let options = PullOptions {
             platform,
             all_platforms: request.all_platforms,
-            ..PullOptions::default()
+            ..self.defaults.options()
         };
         let (events_tx, mut events_rx) = mpsc::channel(64);
         let (out_tx, out_rx) = mpsc::channel(64);

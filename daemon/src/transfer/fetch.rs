@@ -15,7 +15,8 @@ use super::{Event, Events};
 use crate::error::StoreError;
 use crate::store::{IngestWriter, OpenIngest, Store};
 
-/// Connection failures tolerated per blob before giving up.
+/// Connection failures in a row, without a byte of progress, tolerated per
+/// blob before giving up.
 pub const MAX_RETRIES: u32 = 5;
 /// First pause before a retry; doubles each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -188,6 +189,9 @@ impl Fetcher {
                 Err(Failure::Cancelled) => return Err(TransferError::Cancelled),
                 Err(Failure::Transport(e)) => {
                     // Whatever arrived is in the ingest; the next try resumes.
+                    // An attempt that moved bytes restarts the count: only
+                    // failures in a row without progress give up.
+                    let progressed = writer.status().offset > offset;
                     drop(writer);
                     let permanent = matches!(
                         e.kind,
@@ -195,6 +199,9 @@ impl Fetcher {
                             | ErrorKind::PermissionDenied
                             | ErrorKind::InvalidArgument
                     );
+                    if progressed {
+                        retries = 0;
+                    }
                     retries += 1;
                     if permanent || retries > MAX_RETRIES {
                         return Err(TransferError::Transport {

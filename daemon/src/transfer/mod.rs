@@ -24,8 +24,9 @@ use crate::error::StoreError;
 use crate::meta::{self, images::ImageRow, leases::LeaseRow, now_ms};
 use crate::store::Store;
 
-/// How long a pull's lease protects its partial content after a failure.
-pub const PULL_LEASE_TTL: Duration = Duration::from_secs(3600);
+/// How long a pull's lease protects its partial content after a failure,
+/// unless `[transfer] pull_lease_ttl` says otherwise.
+pub const DEFAULT_PULL_LEASE_TTL: Duration = Duration::from_secs(3600);
 /// Blobs fetched at once by default.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
@@ -115,19 +116,63 @@ impl Default for PullOptions {
     }
 }
 
+/// The daemon's pull settings (`[transfer]`).
+#[derive(Debug, Clone)]
+pub struct PullDefaults {
+    /// Blobs fetched at once per pull.
+    pub concurrency: usize,
+    /// How long a pull's lease outlives a failed pull.
+    pub lease_ttl: Duration,
+    /// Fetch non-distributable layers too.
+    pub include_foreign: bool,
+}
+
+impl Default for PullDefaults {
+    fn default() -> Self {
+        PullDefaults {
+            concurrency: DEFAULT_CONCURRENCY,
+            lease_ttl: DEFAULT_PULL_LEASE_TTL,
+            include_foreign: false,
+        }
+    }
+}
+
+impl From<&crate::config::TransferConfig> for PullDefaults {
+    fn from(config: &crate::config::TransferConfig) -> Self {
+        PullDefaults {
+            concurrency: config.concurrency,
+            lease_ttl: config.pull_lease_ttl,
+            include_foreign: config.include_foreign_layers,
+        }
+    }
+}
+
+impl PullDefaults {
+    /// The options of a pull that asks for nothing special.
+    pub fn options(&self) -> PullOptions {
+        PullOptions {
+            concurrency: self.concurrency,
+            include_foreign: self.include_foreign,
+            ..PullOptions::default()
+        }
+    }
+}
+
 /// Pulls images into a store; one per daemon, shared by all pulls.
 #[derive(Clone)]
 pub struct Puller {
     store: Store,
     inflight: Inflight,
+    lease_ttl: Duration,
 }
 
 impl Puller {
-    /// A puller over `store`.
-    pub fn new(store: Store) -> Self {
+    /// A puller over `store` whose pulls' leases last `lease_ttl`.
+    pub fn new(store: Store, lease_ttl: Duration) -> Self {
         Puller {
             store,
             inflight: Inflight::default(),
+            lease_ttl,
         }
     }
 
@@ -164,7 +209,7 @@ impl Puller {
         getrandom::fill(&mut random)
             .map_err(|e| StoreError::Task(format!("no randomness: {e}")))?;
         let now = now_ms();
-        let ttl = i64::try_from(PULL_LEASE_TTL.as_millis()).unwrap_or(i64::MAX);
+        let ttl = i64::try_from(self.lease_ttl.as_millis()).unwrap_or(i64::MAX);
         let row = LeaseRow {
             id: format!(
                 "pull-{}",

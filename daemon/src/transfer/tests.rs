@@ -201,7 +201,7 @@ async fn a_pull_stores_every_blob_and_writes_the_image_last() {
     fake.tags.insert("1.0".into(), manifest.clone());
     let digests: Vec<Digest> = fake.blobs.keys().cloned().collect();
     let (result, events) = pull(
-        &Puller::new(store.clone()),
+        &Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL),
         Arc::new(fake),
         "reg.test/app:1.0",
         PullOptions::default(),
@@ -239,7 +239,7 @@ async fn a_cut_connection_resumes_from_what_is_stored() {
     let total: u64 = fake.blobs.values().map(|b| b.len() as u64).sum();
     let fake = Arc::new(fake);
     let (result, events) = pull(
-        &Puller::new(store.clone()),
+        &Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL),
         Arc::clone(&fake),
         "reg.test/app",
         PullOptions::default(),
@@ -277,7 +277,7 @@ async fn bad_bytes_are_refused_twice_and_leave_no_image() {
     fake.corrupt = Some(layer.clone());
     let fake = Arc::new(fake);
     let (result, events) = pull(
-        &Puller::new(store.clone()),
+        &Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL),
         Arc::clone(&fake),
         "reg.test/app",
         PullOptions::default(),
@@ -308,7 +308,7 @@ async fn concurrent_pulls_share_each_download() {
     let manifest = fake.image(4);
     fake.tags.insert("latest".into(), manifest);
     let fake = Arc::new(fake);
-    let puller = Puller::new(store.clone());
+    let puller = Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL);
     let pulls: Vec<_> = (0..8)
         .map(|i| {
             let (puller, fake) = (puller.clone(), Arc::clone(&fake));
@@ -359,7 +359,7 @@ async fn an_index_pulls_the_wanted_platform_or_says_what_it_offers() {
     let index = fake.add(media::OCI_INDEX, index.into_bytes());
     fake.tags.insert("multi".into(), index);
     let fake = Arc::new(fake);
-    let puller = Puller::new(store.clone());
+    let puller = Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL);
 
     let arm64 = PullOptions {
         platform: Some(Platform::parse("linux/arm64").unwrap()),

@@ -14,11 +14,8 @@ use reqwest::{Client, RequestBuilder, Response, StatusCode};
 
 use crate::auth::{AuthCache, Scheme, TokenResponse, parse_challenges, pull_scope};
 use crate::credentials::{Basic, Credentials};
-use crate::errors::{request_error, status_error};
-use crate::options::{RegistryOptions, scheme};
-
-/// Where Docker and podman look for per-registry CA certificates.
-const CERTS_D: [&str; 2] = ["/etc/docker/certs.d", "/etc/containers/certs.d"];
+use crate::errors::{is_certificate_error, request_error, status_error};
+use crate::options::{RegistryConfig, RegistryOptions, schemes};
 
 /// Largest token-server or error body read into memory.
 const MAX_SMALL_BODY: usize = 1024 * 1024;
@@ -30,7 +27,16 @@ pub struct Http {
     default_client: Client,
     /// Clients of registries with their own TLS settings, built on first use.
     clients: Mutex<HashMap<String, Client>>,
+    /// The scheme each registry that may speak plain HTTP turned out to use.
+    schemes: Mutex<HashMap<String, &'static str>>,
     auth: AuthCache,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain maps; a panic elsewhere cannot leave them torn.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn builder(options: &RegistryOptions) -> reqwest::ClientBuilder {
@@ -62,66 +68,104 @@ impl Http {
             credentials,
             default_client,
             clients: Mutex::new(HashMap::new()),
+            schemes: Mutex::new(HashMap::new()),
             auth: AuthCache::default(),
         })
     }
 
-    /// `scheme://host` of `registry`'s API.
-    pub fn base_url(&self, registry: &str) -> String {
+    /// `scheme://host` of `registry`'s API. HTTPS, except that a loopback
+    /// or insecure registry that does not speak TLS gets plain HTTP (found
+    /// out once, by asking for `/v2/`, as Docker does). A certificate the
+    /// registry presents is never a reason to fall back.
+    pub async fn base_url(&self, registry: &str) -> Result<String, TransportError> {
         let host = if registry == DOCKER_HUB {
             DOCKER_HUB_API
         } else {
             registry
         };
-        format!(
-            "{}://{host}",
-            scheme(registry, &self.options.config(registry))
-        )
+        let candidates = schemes(registry, &self.options.config(registry));
+        if let [only] = candidates {
+            return Ok(format!("{only}://{host}"));
+        }
+        if let Some(scheme) = lock(&self.schemes).get(registry) {
+            return Ok(format!("{scheme}://{host}"));
+        }
+        let client = self.client(registry)?;
+        let what = "its API root /v2/";
+        let mut first_error: Option<TransportError> = None;
+        for scheme in candidates {
+            match client.get(format!("{scheme}://{host}/v2/")).send().await {
+                Ok(_) => {
+                    tracing::debug!(registry, scheme, "registry scheme found");
+                    lock(&self.schemes).insert(registry.to_owned(), scheme);
+                    return Ok(format!("{scheme}://{host}"));
+                }
+                Err(e) => {
+                    let certificate = is_certificate_error(&e);
+                    let error = request_error(&e, registry, what);
+                    tracing::debug!(registry, scheme, error = %error.message, "registry probe failed");
+                    let error = first_error.get_or_insert(error);
+                    if certificate {
+                        return Err(error.clone());
+                    }
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| {
+            TransportError::new(
+                ErrorKind::Internal,
+                format!("no scheme to try for {registry}"),
+            )
+        }))
     }
 
     /// The client for `registry`: the shared one unless the registry has its
-    /// own CA certificates or skips verification.
+    /// own CA certificates, client certificate or is insecure.
     fn client(&self, registry: &str) -> Result<Client, TransportError> {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut clients = lock(&self.clients);
         if let Some(client) = clients.get(registry) {
             return Ok(client.clone());
         }
         let config = self.options.config(registry);
-        let mut ca_files: Vec<PathBuf> = config.ca_file.iter().cloned().collect();
-        for dir in CERTS_D {
-            ca_files.extend(certs_in(&Path::new(dir).join(registry)));
-        }
-        let client = if ca_files.is_empty() && !config.skip_tls_verify {
+        let tls = TlsFiles::find(registry, &config, &self.options.certs_dirs_of(registry))?;
+        let client = if tls.ca_files.is_empty() && tls.identity.is_none() && !config.insecure {
             self.default_client.clone()
         } else {
             let mut b = builder(&self.options);
-            for file in &ca_files {
-                let invalid = |reason: String| {
-                    TransportError::new(
-                        ErrorKind::InvalidArgument,
-                        format!(
-                            "CA file {} for registry {registry} is unusable: {reason}",
-                            file.display()
-                        ),
-                    )
-                };
-                let pem = std::fs::read(file).map_err(|e| invalid(e.to_string()))?;
+            for file in &tls.ca_files {
+                let pem = read_pem(registry, "CA file", file)?;
                 let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                    .map_err(|e| invalid(crate::errors::chain(&e)))?;
+                    .map_err(|e| unusable(registry, "CA file", file, &crate::errors::chain(&e)))?;
                 if certs.is_empty() {
-                    return Err(invalid("it holds no PEM certificate".into()));
+                    return Err(unusable(
+                        registry,
+                        "CA file",
+                        file,
+                        "it holds no PEM certificate",
+                    ));
                 }
                 for cert in certs {
                     b = b.add_root_certificate(cert);
                 }
             }
-            if config.skip_tls_verify {
+            if let Some((cert, key)) = &tls.identity {
+                let mut pem = read_pem(registry, "client certificate", cert)?;
+                pem.push(b'\n');
+                pem.extend(read_pem(registry, "client key", key)?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    unusable(
+                        registry,
+                        "client certificate",
+                        cert,
+                        &crate::errors::chain(&e),
+                    )
+                })?;
+                b = b.identity(identity);
+            }
+            if config.insecure {
                 tracing::warn!(
                     registry,
-                    "TLS certificate verification is off for this registry"
+                    "TLS certificate verification is off for this registry (insecure = true)"
                 );
                 b = b.danger_accept_invalid_certs(true);
             }
@@ -311,16 +355,122 @@ pub async fn read_small(
     Ok(body)
 }
 
-/// The `*.crt` files of a certs.d directory, sorted; none when it is absent.
-fn certs_in(dir: &Path) -> Vec<PathBuf> {
+/// The TLS material of one registry: from its settings, then its certs.d
+/// directories.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TlsFiles {
+    /// CA certificates to trust besides the system's.
+    ca_files: Vec<PathBuf>,
+    /// Client certificate and key.
+    identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsFiles {
+    fn find(
+        registry: &str,
+        config: &RegistryConfig,
+        dirs: &[PathBuf],
+    ) -> Result<TlsFiles, TransportError> {
+        let mut ca_files: Vec<PathBuf> = config.ca_file.iter().cloned().collect();
+        for dir in dirs {
+            ca_files.extend(files_ending(dir, "crt"));
+        }
+        let identity = match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => match dirs.iter().flat_map(|dir| files_ending(dir, "cert")).next() {
+                Some(cert) => {
+                    let key = cert.with_extension("key");
+                    if !key.is_file() {
+                        return Err(unusable(
+                            registry,
+                            "client certificate",
+                            &cert,
+                            &format!("its key {} is missing", key.display()),
+                        ));
+                    }
+                    Some((cert, key))
+                }
+                None => None,
+            },
+            _ => {
+                return Err(TransportError::new(
+                    ErrorKind::InvalidArgument,
+                    format!("registry {registry}: set both client_cert and client_key, or neither"),
+                ));
+            }
+        };
+        Ok(TlsFiles { ca_files, identity })
+    }
+}
+
+fn unusable(registry: &str, what: &str, file: &Path, reason: &str) -> TransportError {
+    TransportError::new(
+        ErrorKind::InvalidArgument,
+        format!(
+            "{what} {} for registry {registry} is unusable: {reason}",
+            file.display()
+        ),
+    )
+}
+
+fn read_pem(registry: &str, what: &str, file: &Path) -> Result<Vec<u8>, TransportError> {
+    std::fs::read(file).map_err(|e| unusable(registry, what, file, &e.to_string()))
+}
+
+/// The files of `dir` named `*.<extension>`, sorted; none when it is absent.
+fn files_ending(dir: &Path, extension: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut out: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
         .collect();
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_files_come_from_the_settings_then_the_certs_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("r:5000");
+        std::fs::create_dir(&host).unwrap();
+        for name in ["ca.crt", "client.cert", "client.key", "README"] {
+            std::fs::write(host.join(name), "x").unwrap();
+        }
+        let found = TlsFiles::find(
+            "r:5000",
+            &RegistryConfig::default(),
+            std::slice::from_ref(&host),
+        )
+        .unwrap();
+        assert_eq!(found.ca_files, [host.join("ca.crt")]);
+        assert_eq!(
+            found.identity,
+            Some((host.join("client.cert"), host.join("client.key")))
+        );
+        let explicit = RegistryConfig {
+            ca_file: Some("/ca.pem".into()),
+            client_cert: Some("/c.pem".into()),
+            client_key: Some("/k.pem".into()),
+            ..RegistryConfig::default()
+        };
+        let found = TlsFiles::find("r:5000", &explicit, std::slice::from_ref(&host)).unwrap();
+        assert_eq!(found.ca_files[0], PathBuf::from("/ca.pem"));
+        assert_eq!(found.identity, Some(("/c.pem".into(), "/k.pem".into())));
+
+        std::fs::remove_file(host.join("client.key")).unwrap();
+        let e = TlsFiles::find("r:5000", &RegistryConfig::default(), &[host]).unwrap_err();
+        assert!(e.message.contains("client.key"), "{}", e.message);
+        let half = RegistryConfig {
+            client_cert: Some("/c.pem".into()),
+            ..RegistryConfig::default()
+        };
+        assert!(TlsFiles::find("r", &half, &[]).is_err());
+    }
 }

@@ -90,6 +90,13 @@ fn is_tls(error: &reqwest::Error) -> bool {
     false
 }
 
+/// Whether `error` is about a certificate: one the registry presented that
+/// is not trusted, or one it wanted from us. Such a registry speaks TLS, so
+/// falling back to plain HTTP would be wrong.
+pub fn is_certificate_error(error: &reqwest::Error) -> bool {
+    chain(error).to_ascii_lowercase().contains("certificate")
+}
+
 /// The full chain of an error's messages, `a: b: c`.
 pub fn chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
@@ -113,8 +120,10 @@ pub fn request_error(error: &reqwest::Error, registry: &str, what: &str) -> Tran
             ErrorKind::Unavailable,
             format!(
                 "TLS with registry {registry} failed for {what}: {detail}; if it uses a private CA, \
-                 set `ca_file` for {registry} in distd's registry settings or put the CA in \
-                 /etc/docker/certs.d/{registry}/ca.crt"
+                 set ca_file under [registries.\"{registry}\"] in distd's config or put the CA \
+                 in certs.d/{registry}/ca.crt of distd's certs_dir; if it wants a client \
+                 certificate, set client_cert and client_key there (or certs.d/{registry}/client.cert \
+                 and client.key)"
             ),
         );
     }

@@ -75,12 +75,17 @@ impl RegistryTransport {
         })
     }
 
-    fn url(&self, locator: &Locator, kind: &str, target: &str) -> String {
-        format!(
+    async fn url(
+        &self,
+        locator: &Locator,
+        kind: &str,
+        target: &str,
+    ) -> Result<String, TransportError> {
+        Ok(format!(
             "{}/v2/{}/{kind}/{target}",
-            self.http.base_url(&locator.registry),
+            self.http.base_url(&locator.registry).await?,
             locator.repository
-        )
+        ))
     }
 
     /// GETs a manifest whose HEAD said too little; returns its bytes and
@@ -91,7 +96,7 @@ impl RegistryTransport {
         target: &str,
         what: &str,
     ) -> Result<(Vec<u8>, Option<String>), TransportError> {
-        let url = self.url(locator, "manifests", target);
+        let url = self.url(locator, "manifests", target).await?;
         let accept = manifest_accept();
         let response = self
             .http
@@ -189,7 +194,7 @@ impl Transport for RegistryTransport {
             }
         };
         let what = format!("manifest {reference}");
-        let url = self.url(&locator, "manifests", &target);
+        let url = self.url(&locator, "manifests", &target).await?;
         let accept = manifest_accept();
         let response = self
             .http
@@ -294,7 +299,9 @@ impl Transport for RegistryTransport {
         if offset == descriptor.size && offset > 0 {
             return Ok(Box::pin(tokio_stream::empty()));
         }
-        let url = self.url(locator, kind, &descriptor.digest.to_string());
+        let url = self
+            .url(locator, kind, &descriptor.digest.to_string())
+            .await?;
         let range = range::range_header(offset);
         let response = self
             .http
@@ -347,7 +354,7 @@ impl Transport for RegistryTransport {
         digest: &Digest,
     ) -> Result<Option<u64>, TransportError> {
         let what = format!("blob {digest} in {locator}");
-        let url = self.url(locator, "blobs", &digest.to_string());
+        let url = self.url(locator, "blobs", &digest.to_string()).await?;
         let response = self
             .http
             .send(&locator.registry, &locator.repository, &what, |c| {
@@ -394,8 +401,8 @@ mod tests {
         assert!(refuse_schema1(media::OCI_MANIFEST, "m").is_ok());
     }
 
-    #[test]
-    fn urls_use_the_api_host_and_scheme() {
+    #[tokio::test]
+    async fn docker_hub_urls_use_its_api_host_over_https() {
         let t = RegistryTransport::new(RegistryOptions {
             disable_credential_files: true,
             ..RegistryOptions::default()
@@ -406,16 +413,8 @@ mod tests {
             repository: "library/alpine".into(),
         };
         assert_eq!(
-            t.url(&hub, "manifests", "latest"),
+            t.url(&hub, "manifests", "latest").await.unwrap(),
             "https://registry-1.docker.io/v2/library/alpine/manifests/latest"
-        );
-        let local = Locator {
-            registry: "127.0.0.1:5000".into(),
-            repository: "a/b".into(),
-        };
-        assert_eq!(
-            t.url(&local, "blobs", "x"),
-            "http://127.0.0.1:5000/v2/a/b/blobs/x"
         );
     }
 }

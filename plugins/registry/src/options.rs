@@ -7,14 +7,18 @@ use std::path::PathBuf;
 /// How to reach one registry host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegistryConfig {
-    /// Talk plain HTTP to this registry. Loopback registries get plain HTTP
-    /// without this, as in Docker.
-    pub insecure_http: bool,
+    /// Docker's "insecure registry": HTTPS without certificate checks, and
+    /// plain HTTP when the registry does not speak TLS. Loopback registries
+    /// may fall back to plain HTTP without this (their certificates are
+    /// still checked when they speak TLS), as in Docker.
+    pub insecure: bool,
     /// A PEM file of CA certificates trusted for this registry, in addition
-    /// to the system's roots.
+    /// to the system's roots and the certs directories.
     pub ca_file: Option<PathBuf>,
-    /// Accept any certificate from this registry. For tests only.
-    pub skip_tls_verify: bool,
+    /// A PEM client certificate for mutual TLS with this registry.
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
     /// Username for this registry; takes precedence over config.json.
     pub username: Option<String>,
     /// Password or token for `username`.
@@ -38,12 +42,31 @@ pub struct RegistryOptions {
     pub disable_credential_files: bool,
     /// `User-Agent` sent with every request.
     pub user_agent: Option<String>,
+    /// Directories laid out like Docker's `certs.d`: `<dir>/<host:port>/`
+    /// holds `*.crt` CA certificates and `NAME.cert` + `NAME.key` client
+    /// certificates. Searched in order, then [`DEFAULT_CERTS_DIRS`].
+    pub certs_dirs: Vec<PathBuf>,
 }
+
+/// Where Docker and podman keep per-registry certificates; always searched
+/// after [`RegistryOptions::certs_dirs`].
+pub const DEFAULT_CERTS_DIRS: [&str; 2] = ["/etc/docker/certs.d", "/etc/containers/certs.d"];
 
 impl RegistryOptions {
     /// The settings of `registry`, defaults when it has none.
     pub fn config(&self, registry: &str) -> RegistryConfig {
         self.registries.get(registry).cloned().unwrap_or_default()
+    }
+
+    /// The certs directories of `registry` that exist, in search order.
+    pub fn certs_dirs_of(&self, registry: &str) -> Vec<PathBuf> {
+        self.certs_dirs
+            .iter()
+            .cloned()
+            .chain(DEFAULT_CERTS_DIRS.iter().map(PathBuf::from))
+            .map(|dir| dir.join(registry))
+            .filter(|dir| dir.is_dir())
+            .collect()
     }
 }
 
@@ -69,12 +92,14 @@ pub fn is_loopback(registry: &str) -> bool {
     host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// `https` or `http` for `registry` under `config`.
-pub fn scheme(registry: &str, config: &RegistryConfig) -> &'static str {
-    if config.insecure_http || is_loopback(registry) {
-        "http"
+/// The schemes to try for `registry` under `config`, in order: HTTPS
+/// always first; plain HTTP after it only for insecure or loopback
+/// registries, and only when the registry does not speak TLS.
+pub fn schemes(registry: &str, config: &RegistryConfig) -> &'static [&'static str] {
+    if config.insecure || is_loopback(registry) {
+        &["https", "http"]
     } else {
-        "https"
+        &["https"]
     }
 }
 
@@ -110,14 +135,14 @@ mod tests {
     }
 
     #[test]
-    fn scheme_is_https_unless_loopback_or_configured() {
+    fn plain_http_only_after_https_and_only_for_loopback_or_insecure() {
         let default = RegistryConfig::default();
-        assert_eq!(scheme("ghcr.io", &default), "https");
-        assert_eq!(scheme("127.0.0.1:5000", &default), "http");
+        assert_eq!(schemes("ghcr.io", &default), ["https"]);
+        assert_eq!(schemes("127.0.0.1:5000", &default), ["https", "http"]);
         let insecure = RegistryConfig {
-            insecure_http: true,
+            insecure: true,
             ..RegistryConfig::default()
         };
-        assert_eq!(scheme("build.lan:5000", &insecure), "http");
+        assert_eq!(schemes("build.lan:5000", &insecure), ["https", "http"]);
     }
 }
