@@ -143,6 +143,13 @@ impl AuthCache {
         );
     }
 
+    /// Drops what is known of `registry`'s authentication, after its
+    /// credentials changed.
+    pub fn forget_registry(&self, registry: &str) {
+        lock(&self.schemes).remove(registry);
+        lock(&self.tokens).retain(|(host, _), _| host != registry);
+    }
+
     /// Drops a token the registry refused.
     pub fn forget_token(&self, registry: &str, scope: &str) {
         lock(&self.tokens).remove(&(registry.to_owned(), scope.to_owned()));

@@ -2,7 +2,6 @@
 //! its own TLS trust), scheme selection and the authentication dance.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,7 +14,8 @@ use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use crate::auth::{AuthCache, Scheme, TokenResponse, parse_challenges, pull_scope};
 use crate::credentials::{Basic, Credentials};
 use crate::errors::{is_certificate_error, request_error, status_error};
-use crate::options::{RegistryConfig, RegistryOptions, schemes};
+use crate::options::{RegistryOptions, schemes};
+use crate::tls::{TlsFiles, read_pem, unusable};
 
 /// Largest token-server or error body read into memory.
 const MAX_SMALL_BODY: usize = 1024 * 1024;
@@ -278,6 +278,122 @@ impl Http {
         }
     }
 
+    /// Checks `basic` against `registry` as `docker login` does: `GET /v2/`,
+    /// answering a Basic challenge with them, or a Bearer challenge with a
+    /// token got with them. A registry that asks for nothing accepts them.
+    pub async fn check_login(&self, registry: &str, basic: &Basic) -> Result<(), TransportError> {
+        let client = self.client(registry)?;
+        let url = format!("{}/v2/", self.base_url(registry).await?);
+        let what = "its API root /v2/";
+        let refused = |status: StatusCode| {
+            TransportError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "registry {registry} refused the credentials of {} ({status}); check the \
+                     username and password or token",
+                    basic.username
+                ),
+            )
+        };
+        let send = |request: RequestBuilder| async move {
+            request
+                .send()
+                .await
+                .map_err(|e| request_error(&e, registry, what))
+        };
+        let response = send(client.get(&url)).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return match response.status() {
+                s if s.is_success() => Ok(()),
+                s => Err(status_error(
+                    s,
+                    registry,
+                    what,
+                    &read_small(response, registry, what).await?,
+                )),
+            };
+        }
+        let challenges: Vec<_> = response
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(parse_challenges)
+            .collect();
+        let answer = if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
+            let realm = bearer.param("realm").ok_or_else(|| {
+                TransportError::new(
+                    ErrorKind::Unavailable,
+                    format!("registry {registry} asked for a bearer token without a realm"),
+                )
+            })?;
+            let mut query = vec![("account", basic.username.as_str())];
+            if let Some(service) = bearer.param("service") {
+                query.push(("service", service));
+            }
+            let token_what = "a login token";
+            let response = client
+                .get(realm)
+                .query(&query)
+                .basic_auth(&basic.username, Some(&basic.password))
+                .send()
+                .await
+                .map_err(|e| request_error(&e, registry, token_what))?;
+            let status = response.status();
+            let body = read_small(response, registry, token_what).await?;
+            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                return Err(refused(status));
+            }
+            if !status.is_success() {
+                return Err(status_error(status, registry, token_what, &body));
+            }
+            let (token, _) = serde_json::from_slice::<TokenResponse>(&body)
+                .ok()
+                .and_then(TokenResponse::into_token)
+                .ok_or_else(|| {
+                    TransportError::new(
+                        ErrorKind::Unavailable,
+                        format!("the token server of registry {registry} answered without a token"),
+                    )
+                })?;
+            client.get(&url).bearer_auth(token)
+        } else if challenges.iter().any(|c| c.scheme == "basic") {
+            client
+                .get(&url)
+                .basic_auth(&basic.username, Some(&basic.password))
+        } else {
+            return Err(TransportError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "registry {registry} asks for an authentication scheme distd does not speak"
+                ),
+            ));
+        };
+        let response = send(answer).await?;
+        self.auth.forget_registry(registry);
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Err(refused(s)),
+            s => Err(status_error(
+                s,
+                registry,
+                what,
+                &read_small(response, registry, what).await?,
+            )),
+        }
+    }
+
+    /// Forgets cached tokens and schemes of `registry` (its credentials
+    /// changed).
+    pub fn forget(&self, registry: &str) {
+        self.auth.forget_registry(registry);
+    }
+
+    /// The credential lookup this client uses.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     async fn creds(
         &self,
         cache: &mut Option<Option<Basic>>,
@@ -353,124 +469,4 @@ pub async fn read_small(
         }
     }
     Ok(body)
-}
-
-/// The TLS material of one registry: from its settings, then its certs.d
-/// directories.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct TlsFiles {
-    /// CA certificates to trust besides the system's.
-    ca_files: Vec<PathBuf>,
-    /// Client certificate and key.
-    identity: Option<(PathBuf, PathBuf)>,
-}
-
-impl TlsFiles {
-    fn find(
-        registry: &str,
-        config: &RegistryConfig,
-        dirs: &[PathBuf],
-    ) -> Result<TlsFiles, TransportError> {
-        let mut ca_files: Vec<PathBuf> = config.ca_file.iter().cloned().collect();
-        for dir in dirs {
-            ca_files.extend(files_ending(dir, "crt"));
-        }
-        let identity = match (&config.client_cert, &config.client_key) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            (None, None) => match dirs.iter().flat_map(|dir| files_ending(dir, "cert")).next() {
-                Some(cert) => {
-                    let key = cert.with_extension("key");
-                    if !key.is_file() {
-                        return Err(unusable(
-                            registry,
-                            "client certificate",
-                            &cert,
-                            &format!("its key {} is missing", key.display()),
-                        ));
-                    }
-                    Some((cert, key))
-                }
-                None => None,
-            },
-            _ => {
-                return Err(TransportError::new(
-                    ErrorKind::InvalidArgument,
-                    format!("registry {registry}: set both client_cert and client_key, or neither"),
-                ));
-            }
-        };
-        Ok(TlsFiles { ca_files, identity })
-    }
-}
-
-fn unusable(registry: &str, what: &str, file: &Path, reason: &str) -> TransportError {
-    TransportError::new(
-        ErrorKind::InvalidArgument,
-        format!(
-            "{what} {} for registry {registry} is unusable: {reason}",
-            file.display()
-        ),
-    )
-}
-
-fn read_pem(registry: &str, what: &str, file: &Path) -> Result<Vec<u8>, TransportError> {
-    std::fs::read(file).map_err(|e| unusable(registry, what, file, &e.to_string()))
-}
-
-/// The files of `dir` named `*.<extension>`, sorted; none when it is absent.
-fn files_ending(dir: &Path, extension: &str) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == extension))
-        .collect();
-    out.sort();
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tls_files_come_from_the_settings_then_the_certs_dirs() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = dir.path().join("r:5000");
-        std::fs::create_dir(&host).unwrap();
-        for name in ["ca.crt", "client.cert", "client.key", "README"] {
-            std::fs::write(host.join(name), "x").unwrap();
-        }
-        let found = TlsFiles::find(
-            "r:5000",
-            &RegistryConfig::default(),
-            std::slice::from_ref(&host),
-        )
-        .unwrap();
-        assert_eq!(found.ca_files, [host.join("ca.crt")]);
-        assert_eq!(
-            found.identity,
-            Some((host.join("client.cert"), host.join("client.key")))
-        );
-        let explicit = RegistryConfig {
-            ca_file: Some("/ca.pem".into()),
-            client_cert: Some("/c.pem".into()),
-            client_key: Some("/k.pem".into()),
-            ..RegistryConfig::default()
-        };
-        let found = TlsFiles::find("r:5000", &explicit, std::slice::from_ref(&host)).unwrap();
-        assert_eq!(found.ca_files[0], PathBuf::from("/ca.pem"));
-        assert_eq!(found.identity, Some(("/c.pem".into(), "/k.pem".into())));
-
-        std::fs::remove_file(host.join("client.key")).unwrap();
-        let e = TlsFiles::find("r:5000", &RegistryConfig::default(), &[host]).unwrap_err();
-        assert!(e.message.contains("client.key"), "{}", e.message);
-        let half = RegistryConfig {
-            client_cert: Some("/c.pem".into()),
-            ..RegistryConfig::default()
-        };
-        assert!(TlsFiles::find("r", &half, &[]).is_err());
-    }
 }

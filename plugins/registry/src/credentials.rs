@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt as _;
 use crate::options::RegistryOptions;
 
 /// The key Docker files Docker Hub's credentials under.
+/// (`server_key` maps `docker.io` to it.)
 pub const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
 
 /// A username and password (or token) for Basic auth and token requests.
@@ -124,11 +125,7 @@ impl Credentials {
             return Some(basic.clone());
         }
         if let Some(file) = self.docker_config.as_deref().and_then(read_auth_file) {
-            let server = if registry == DOCKER_HUB {
-                DOCKER_HUB_KEY
-            } else {
-                registry
-            };
+            let server = server_key(registry);
             let helper = file
                 .cred_helpers
                 .iter()
@@ -148,9 +145,16 @@ impl Credentials {
         find_auth(&file, registry, Some(repository))
     }
 
-    async fn run_helper(&self, helper: &str, server: &str) -> Option<Basic> {
-        // The name comes from a config file: it must name a program in a
-        // PATH directory, never a path of its own.
+    /// The Docker config.json this lookup reads (and `distctl login`
+    /// writes), if there is one to read.
+    pub fn docker_config_file(&self) -> Option<&Path> {
+        self.docker_config.as_deref()
+    }
+
+    /// The program of credential helper `helper` (`docker-credential-<helper>`
+    /// on the helper path). The name comes from a config file: it must be a
+    /// plain name, never a path of its own.
+    pub fn find_helper(&self, helper: &str) -> Option<PathBuf> {
         let plain = !helper.is_empty()
             && helper
                 .bytes()
@@ -168,28 +172,19 @@ impl Credentials {
             .helper_path
             .clone()
             .or_else(|| std::env::var_os("PATH"))?;
-        let Some(program) = std::env::split_paths(&path)
+        let found = std::env::split_paths(&path)
             .map(|dir| dir.join(&name))
-            .find(|p| p.is_file())
-        else {
+            .find(|p| p.is_file());
+        if found.is_none() {
             tracing::warn!(helper = %name, "credential helper not found on PATH");
-            return None;
-        };
-        let result = async {
-            let mut child = tokio::process::Command::new(&program)
-                .arg("get")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()?;
-            if let Some(mut stdin) = child.stdin.take() {
-                stdin.write_all(server.as_bytes()).await?;
-            }
-            child.wait_with_output().await
         }
-        .await;
-        let output = match result {
+        found
+    }
+
+    async fn run_helper(&self, helper: &str, server: &str) -> Option<Basic> {
+        let program = self.find_helper(helper)?;
+        let name = format!("docker-credential-{helper}");
+        let output = match call_helper(&program, "get", server.as_bytes()).await {
             Ok(output) => output,
             Err(e) => {
                 tracing::warn!(helper = %name, error = %e, "credential helper failed to run");
@@ -219,6 +214,35 @@ impl Credentials {
     }
 }
 
+/// Runs credential helper `program` with `action` (`get`, `store`,
+/// `erase`), writing `input` to its stdin; its output, whatever its status.
+pub async fn call_helper(
+    program: &Path,
+    action: &str,
+    input: &[u8],
+) -> std::io::Result<std::process::Output> {
+    let mut child = tokio::process::Command::new(program)
+        .arg(action)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input).await?;
+    }
+    child.wait_with_output().await
+}
+
+/// The server name Docker files `registry`'s credentials under.
+pub fn server_key(registry: &str) -> &str {
+    if registry == DOCKER_HUB {
+        DOCKER_HUB_KEY
+    } else {
+        registry
+    }
+}
+
 fn read_auth_file(path: &Path) -> Option<AuthFile> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
@@ -239,7 +263,7 @@ fn read_auth_file(path: &Path) -> Option<AuthFile> {
 
 /// The registry a config key names: `https://host:5000/v2/` → `host:5000`;
 /// Docker Hub's aliases → `docker.io`.
-fn normalize_key(key: &str) -> &str {
+pub fn normalize_key(key: &str) -> &str {
     let key = key
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))

@@ -13,8 +13,10 @@ mod auth;
 mod client;
 pub mod credentials;
 mod errors;
+mod login;
 pub mod options;
 mod range;
+mod tls;
 
 use distd_sdk::digest::{Algorithm, Digest, Hasher};
 use distd_sdk::error::ErrorKind;
@@ -73,6 +75,33 @@ impl RegistryTransport {
         Ok(RegistryTransport {
             http: Http::new(options, credentials)?,
         })
+    }
+
+    /// Checks `username`/`secret` against `registry` and stores them in the
+    /// Docker config.json (or credential helper) this transport reads;
+    /// returns where they went. `PermissionDenied` when the registry refuses
+    /// them.
+    pub async fn login(
+        &self,
+        registry: &str,
+        username: &str,
+        secret: &str,
+    ) -> Result<String, TransportError> {
+        let basic = Basic {
+            username: username.to_owned(),
+            password: secret.to_owned(),
+        };
+        self.http.check_login(registry, &basic).await?;
+        let stored = login::store(self.http.credentials(), registry, &basic).await?;
+        self.http.forget(registry);
+        Ok(stored)
+    }
+
+    /// Removes `registry`'s stored credentials; returns where they were.
+    pub async fn logout(&self, registry: &str) -> Result<String, TransportError> {
+        let removed = login::erase(self.http.credentials(), registry).await?;
+        self.http.forget(registry);
+        Ok(removed)
     }
 
     async fn url(
