@@ -13,8 +13,6 @@ mod transfer;
 use std::future::Future;
 use std::sync::Arc;
 
-use distd_sdk::Transport;
-
 use distd_proto::distd::v1 as pb;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -34,7 +32,7 @@ pub const FLOW_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// accepting and waits for in-flight calls.
 pub async fn serve(
     store: Store,
-    transport: Arc<dyn Transport>,
+    registry: Arc<distd_plugin_registry::RegistryTransport>,
     pulls: crate::transfer::PullDefaults,
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send,
@@ -62,7 +60,7 @@ pub async fn serve(
         .add_service(pb::transfer_server::TransferServer::new(
             transfer::TransferService::new(
                 Puller::new(store.clone(), pulls.lease_ttl),
-                transport,
+                registry,
                 pulls,
             ),
         ))

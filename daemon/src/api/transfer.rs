@@ -13,25 +13,73 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::convert::signed;
+use crate::transfer::inspect::inspect;
 use crate::transfer::platform::Platform;
 use crate::transfer::{Event, Events, PullDefaults, PullOptions, Puller, TransferError};
+use distd_plugin_registry::RegistryTransport;
 
 /// Serves `Transfer` with one puller and the transport it pulls through.
 pub struct TransferService {
     puller: Puller,
+    /// Pulls and inspections go through the trait…
     transport: Arc<dyn Transport>,
+    /// …logins are the registry transport's own business.
+    registry: Arc<RegistryTransport>,
     defaults: PullDefaults,
 }
 
 impl TransferService {
-    /// A service pulling through `transport` with the daemon's `defaults`.
-    pub fn new(puller: Puller, transport: Arc<dyn Transport>, defaults: PullDefaults) -> Self {
+    /// A service pulling through `registry` with the daemon's `defaults`.
+    pub fn new(puller: Puller, registry: Arc<RegistryTransport>, defaults: PullDefaults) -> Self {
         TransferService {
             puller,
-            transport,
+            transport: registry.clone(),
+            registry,
             defaults,
         }
     }
+}
+
+fn parse_reference(text: &str) -> Result<Reference, Status> {
+    Reference::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn parse_platform(text: &str) -> Result<Option<Platform>, Status> {
+    match text {
+        "" => Ok(None),
+        text => Platform::parse(text)
+            .map(Some)
+            .map_err(Status::invalid_argument),
+    }
+}
+
+/// A registry host as a reference names it: no scheme, path or spaces.
+fn parse_registry(text: &str) -> Result<String, Status> {
+    let host = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .unwrap_or(text)
+        .trim_end_matches('/');
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !valid {
+        return Err(Status::invalid_argument(format!(
+            "{text:?} is not a registry host such as registry.example.com:5000"
+        )));
+    }
+    Ok(match host {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_owned(),
+        other => other.to_owned(),
+    })
+}
+
+fn transport_status(registry: &str, error: distd_sdk::TransportError) -> Status {
+    Status::new(
+        error.kind.to_code(),
+        format!("{registry}: {}", error.message),
+    )
 }
 
 fn descriptor(d: Descriptor) -> pb::Descriptor {
@@ -101,12 +149,8 @@ impl pb::transfer_server::Transfer for TransferService {
         request: Request<pb::PullRequest>,
     ) -> Result<Response<Self::PullStream>, Status> {
         let request = request.into_inner();
-        let reference = Reference::parse(&request.reference)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let platform = match request.platform.as_str() {
-            "" => None,
-            text => Some(Platform::parse(text).map_err(Status::invalid_argument)?),
-        };
+        let reference = parse_reference(&request.reference)?;
+        let platform = parse_platform(&request.platform)?;
         let options = PullOptions {
             platform,
             all_platforms: request.all_platforms,
@@ -143,5 +187,61 @@ impl pb::transfer_server::Transfer for TransferService {
             .instrument(span),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn inspect(
+        &self,
+        request: Request<pb::InspectRequest>,
+    ) -> Result<Response<pb::InspectResponse>, Status> {
+        let request = request.into_inner();
+        let reference = parse_reference(&request.reference)?;
+        let platform = parse_platform(&request.platform)?;
+        let found = inspect(self.transport.as_ref(), &reference, platform)
+            .instrument(tracing::info_span!("inspect", reference = %reference))
+            .await
+            .map_err(transfer_status)?;
+        let (manifest_descriptor, manifest) = found.manifest;
+        Ok(Response::new(pb::InspectResponse {
+            name: found.name,
+            target: Some(descriptor(found.target)),
+            index: found.index.unwrap_or_default().into(),
+            manifest_descriptor: Some(descriptor(manifest_descriptor)),
+            manifest: manifest.into(),
+            config: found.config.into(),
+            platforms: found.platforms,
+        }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let request = request.into_inner();
+        let registry = parse_registry(&request.registry)?;
+        if request.username.is_empty() {
+            return Err(Status::invalid_argument("a username is required"));
+        }
+        let stored_in = self
+            .registry
+            .login(&registry, &request.username, &request.secret)
+            .instrument(tracing::info_span!("login", registry = %registry))
+            .await
+            .map_err(|e| transport_status(&registry, e))?;
+        tracing::info!(registry = %registry, user = %request.username, stored_in = %stored_in, "logged in");
+        Ok(Response::new(pb::LoginResponse { stored_in }))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let registry = parse_registry(&request.into_inner().registry)?;
+        let removed_from = self
+            .registry
+            .logout(&registry)
+            .await
+            .map_err(|e| transport_status(&registry, e))?;
+        tracing::info!(registry = %registry, removed_from = %removed_from, "logged out");
+        Ok(Response::new(pb::LogoutResponse { removed_from }))
     }
 }

@@ -6,6 +6,7 @@
 
 mod error;
 mod fetch;
+pub mod inspect;
 pub mod platform;
 
 use std::sync::Arc;

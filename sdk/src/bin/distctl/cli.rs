@@ -30,6 +30,16 @@ pub enum Command {
     Version,
     /// Pull an image from its registry into the store.
     Pull(PullArgs),
+    /// Show an image at its registry (manifest, config, size) without pulling it.
+    Inspect(InspectArgs),
+    /// Check credentials against a registry and keep them for distd's pulls
+    /// (in the daemon's Docker config.json, or its credential helper).
+    Login(LoginArgs),
+    /// Forget distd's credentials for a registry.
+    Logout {
+        /// Registry host, e.g. `registry.example.com:5000` or `docker.io`.
+        registry: String,
+    },
     /// Blobs of the content store.
     #[command(subcommand)]
     Content(ContentCmd),
@@ -68,6 +78,30 @@ pub struct PullArgs {
     /// Pull every platform of a multi-platform image.
     #[arg(long)]
     pub all_platforms: bool,
+}
+
+/// `inspect` arguments.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Image reference, e.g. `alpine`, `host:5000/app:1.0`, `app@sha256:…`.
+    pub reference: String,
+    /// Platform to show from a multi-platform image, `os/arch[/variant]`
+    /// [default: the daemon's host].
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+}
+
+/// `login` arguments.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Registry host, e.g. `registry.example.com:5000` or `docker.io`.
+    pub registry: String,
+    /// Username [default: asked on the terminal].
+    #[arg(short, long, value_name = "USER")]
+    pub username: Option<String>,
+    /// Read the password (or token) from stdin instead of the terminal.
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 /// `content` subcommands.

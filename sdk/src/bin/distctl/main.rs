@@ -17,6 +17,7 @@ mod import;
 mod layout;
 mod output;
 mod pull;
+mod registry;
 mod source;
 mod store;
 mod tarwrite;
@@ -61,6 +62,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Version => store::version(&client, out).await?,
         Command::Pull(args) => pull::run(&client, out, args).await?,
+        Command::Inspect(args) => registry::inspect(&client, out, args).await?,
+        Command::Login(args) => registry::login(&client, out, args).await?,
+        Command::Logout { registry } => registry::logout(&client, out, registry).await?,
         Command::Content(cmd) => content::run(&client, out, cmd).await?,
         Command::Images(cmd) => images::run(&client, out, cmd).await?,
         Command::Import(args) => import::run(&client, out, args).await?,
