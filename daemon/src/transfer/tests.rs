@@ -396,3 +396,64 @@ async fn an_index_pulls_the_wanted_platform_or_says_what_it_offers() {
         .unwrap();
     assert!(store.info(&amd.digest).await.is_ok());
 }
+
+/// A non-distributable layer is skipped with a warning, and the image is
+/// still recorded; `include_foreign` fetches it.
+#[tokio::test]
+async fn foreign_layers_are_skipped_unless_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let mut fake = Fake::default();
+    let config = fake.add(media::OCI_CONFIG, b"{}".to_vec());
+    let foreign = fake.add(
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        vec![7; 1000],
+    );
+    let plain = fake.add(media::OCI_LAYER_GZIP, vec![8; 1000]);
+    let desc = |d: &Descriptor| {
+        format!(
+            r#"{{"mediaType":"{}","digest":"{}","size":{}}}"#,
+            d.media_type, d.digest, d.size
+        )
+    };
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","config":{},"layers":[{},{}]}}"#,
+        media::OCI_MANIFEST,
+        desc(&config),
+        desc(&foreign),
+        desc(&plain)
+    );
+    let manifest = fake.add(media::OCI_MANIFEST, manifest.into_bytes());
+    fake.tags.insert("win".into(), manifest);
+    let fake = Arc::new(fake);
+    let puller = Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL);
+
+    let (result, events) = pull(
+        &puller,
+        Arc::clone(&fake),
+        "reg.test/app:win",
+        PullOptions::default(),
+    )
+    .await;
+    result.unwrap();
+    assert!(store.info(&plain.digest).await.is_ok());
+    assert!(store.info(&foreign.digest).await.is_err());
+    assert_eq!(fake.fetch_count(&foreign.digest), 0);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Warning(w) if w.contains(&foreign.digest.to_string()))),
+        "{events:?}"
+    );
+    assert_eq!(image_names(&store).await, ["reg.test/app:win"]);
+
+    let include = PullOptions {
+        include_foreign: true,
+        ..PullOptions::default()
+    };
+    pull(&puller, Arc::clone(&fake), "reg.test/app:win", include)
+        .await
+        .0
+        .unwrap();
+    assert!(store.info(&foreign.digest).await.is_ok());
+}
