@@ -218,6 +218,9 @@ impl Fetcher {
     }
 
     /// Streams the blob from `offset` into the ingest; returns bytes moved.
+    /// The network's small chunks are gathered into batches of
+    /// [`WRITE_BATCH`] bytes, and the next batch is read while the last is
+    /// hashed and written, so network and disk overlap.
     async fn stream_into(
         &self,
         writer: &mut IngestWriter,
@@ -230,26 +233,71 @@ impl Fetcher {
             .await
             .map_err(Failure::Transport)?;
         let mut position = offset;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(Failure::Transport)?;
-            if position + chunk.len() as u64 > blob.size {
+        let (mut batch, mut end) = read_batch(&mut stream).await;
+        loop {
+            let len = batch.len() as u64;
+            if position + len > blob.size {
                 return Err(Failure::Overrun);
             }
-            let len = chunk.len() as u64;
-            writer
-                .write(position, chunk)
-                .await
-                .map_err(Failure::Store)?;
+            let write = writer.write(position, batch);
+            let next = if matches!(end, BatchEnd::More) {
+                let (written, next) = tokio::join!(write, read_batch(&mut stream));
+                written.map_err(Failure::Store)?;
+                Some(next)
+            } else {
+                write.await.map_err(Failure::Store)?;
+                None
+            };
             position += len;
-            self.events
-                .send(Event::Progress {
-                    digest: blob.digest.clone(),
-                    bytes: position,
-                })
-                .await
-                .map_err(|_| Failure::Cancelled)?;
+            if len > 0 {
+                self.events
+                    .send(Event::Progress {
+                        digest: blob.digest.clone(),
+                        bytes: position,
+                    })
+                    .await
+                    .map_err(|_| Failure::Cancelled)?;
+            }
+            match (end, next) {
+                (BatchEnd::More, Some((next_batch, next_end))) => {
+                    batch = next_batch;
+                    end = next_end;
+                }
+                (BatchEnd::Failed(e), _) => return Err(Failure::Transport(e)),
+                _ => return Ok(position - offset),
+            }
         }
-        Ok(position - offset)
+    }
+}
+
+/// Bytes gathered before one write to the ingest.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Why a batch stopped growing.
+enum BatchEnd {
+    /// It is full; the stream goes on.
+    More,
+    /// The stream ended.
+    Ended,
+    /// The stream failed after the batch's bytes.
+    Failed(distd_sdk::TransportError),
+}
+
+/// Reads chunks until [`WRITE_BATCH`] bytes, the end or a failure; the
+/// bytes before a failure are kept, so they are written and resumed after.
+async fn read_batch(stream: &mut distd_sdk::ByteStream) -> (bytes::Bytes, BatchEnd) {
+    let mut batch = bytes::BytesMut::new();
+    loop {
+        match stream.next().await {
+            None => return (batch.freeze(), BatchEnd::Ended),
+            Some(Err(e)) => return (batch.freeze(), BatchEnd::Failed(e)),
+            Some(Ok(chunk)) => {
+                batch.extend_from_slice(&chunk);
+                if batch.len() >= WRITE_BATCH {
+                    return (batch.freeze(), BatchEnd::More);
+                }
+            }
+        }
     }
 }
 
