@@ -13,6 +13,7 @@ APT_TOOLS=(
     "docker-registry:docker-registry" # the origin registry (Distribution 2.8)
     "skopeo:skopeo"                   # pushes OCI layouts to it
     "htpasswd:apache2-utils"          # its basic-auth password file
+    "openssl:openssl"                 # test CA, TLS and token-signing keys
 )
 
 missing_packages=()

@@ -31,6 +31,10 @@ pub struct DaemonOpts {
     /// private user+mount namespace (`unshare`), to fill the disk for real.
     /// The mount lives as long as the daemon process.
     pub root_tmpfs: Option<String>,
+    /// Files written before each start, at paths relative to the daemon's
+    /// temporary directory (parents created), e.g. `certs.d/<host>/ca.crt`
+    /// next to `config.toml`.
+    pub files: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl Default for DaemonOpts {
@@ -40,6 +44,7 @@ impl Default for DaemonOpts {
             env: Vec::new(),
             precreate_socket_dir: true,
             root_tmpfs: None,
+            files: Vec::new(),
         }
     }
 }
@@ -177,6 +182,14 @@ impl Daemon {
             .stdout(Stdio::null())
             .env_remove("DISTD_FAILPOINT")
             .env_remove("DISTD_SOCKET");
+        for (relative, bytes) in &opts.files {
+            let path = self.dir.path().join(relative);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).expect("create a daemon file's directory");
+            }
+            fs::write(&path, bytes)
+                .unwrap_or_else(|e| panic!("write the daemon's file {}: {e}", path.display()));
+        }
         if let Some(config) = &opts.config {
             let path = self.dir.path().join("config.toml");
             fs::write(&path, config).expect("write the daemon's config");
@@ -195,7 +208,22 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("open the daemon log");
-        writeln!(log, "---- distd start (opts: {:?}) ----", self.opts).ok();
+        // Files by path and size: their bytes would swamp the log.
+        let files: Vec<String> = self
+            .opts
+            .files
+            .iter()
+            .map(|(path, bytes)| format!("{} ({} bytes)", path.display(), bytes.len()))
+            .collect();
+        let shown = DaemonOpts {
+            files: Vec::new(),
+            ..self.opts.clone()
+        };
+        writeln!(
+            log,
+            "---- distd start (opts: {shown:?}, files: {files:?}) ----"
+        )
+        .ok();
         let mut command = self.command(&self.opts.clone());
         command.stderr(Stdio::from(log));
         let child = command

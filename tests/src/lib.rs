@@ -14,12 +14,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod cli;
 pub mod daemon;
 pub mod data;
 pub mod oci;
 pub mod registry;
 pub mod rpc;
+pub mod token_server;
 
 pub use cli::{CliOutput, distctl, distctl_at};
 pub use daemon::{Daemon, DaemonOpts};

@@ -1,5 +1,7 @@
 //! A real origin registry for tests: Debian's `docker-registry`
-//! (Distribution 2.8) on a free loopback port, filled with `skopeo`.
+//! (Distribution 2.8) on a free loopback port, filled with `skopeo`;
+//! plain HTTP or TLS (optionally requiring client certificates), anonymous
+//! or behind htpasswd or token auth ([`Registry::builder`]).
 //!
 //! The tools are installed by `./test.sh` (its `APT_TOOLS` list). A missing
 //! tool fails the test with a message saying so; nothing is skipped.
@@ -15,8 +17,10 @@ use distd_sdk::media;
 use serde_json::json;
 use tempfile::TempDir;
 
+use crate::certs::TestPki;
 use crate::oci::{Blob, Image};
 use crate::poll_until;
+use crate::token_server::{self, TokenServer};
 
 /// The registry binary of Debian's `docker-registry` package.
 pub const REGISTRY_BIN: &str = "docker-registry";
@@ -41,46 +45,111 @@ pub struct Registry {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    /// Credentials `skopeo` pushes with (`--dest-creds`).
     creds: Option<(String, String)>,
+    /// Whether the registry serves HTTPS.
+    tls: bool,
 }
 
-impl Registry {
-    /// An anonymous registry.
-    pub fn start() -> Registry {
-        Registry::spawn(None)
+/// How a [`RegistryBuilder`] authenticates clients.
+#[derive(Debug, Clone)]
+enum Auth {
+    /// Anyone may pull and push.
+    None,
+    /// HTTP Basic against an htpasswd file of one user.
+    Htpasswd { user: String, password: String },
+    /// Bearer tokens from a token server.
+    Token {
+        realm: String,
+        root_cert_bundle: PathBuf,
+        user: String,
+        password: String,
+    },
+}
+
+/// Options of a registry to start: TLS, client certificates, basic or
+/// token auth. Made by [`Registry::builder`]; [`RegistryBuilder::start`]
+/// starts it.
+#[derive(Debug, Clone)]
+pub struct RegistryBuilder {
+    /// The PKI whose server certificate the registry serves HTTPS with.
+    tls: Option<TestPki>,
+    /// Require client certificates signed by the PKI's CA (mutual TLS).
+    client_certs: bool,
+    auth: Auth,
+}
+
+impl RegistryBuilder {
+    /// Serve HTTPS with `pki`'s server certificate (`http.tls`); pushes
+    /// trust `pki`'s CA.
+    pub fn tls(mut self, pki: &TestPki) -> RegistryBuilder {
+        self.tls = Some(pki.clone());
+        self
     }
 
-    /// A registry that requires HTTP Basic auth as `user`:`password`
-    /// (a bcrypt htpasswd file made by `htpasswd -Bbn`).
-    pub fn start_with_auth(user: &str, password: &str) -> Registry {
-        Registry::spawn(Some((user.to_owned(), password.to_owned())))
+    /// Require a client certificate signed by the CA of the PKI given to
+    /// [`RegistryBuilder::tls`] (`http.tls.clientcas`); pushes present
+    /// the PKI's client certificate.
+    pub fn require_client_cert(mut self) -> RegistryBuilder {
+        self.client_certs = true;
+        self
     }
 
-    fn spawn(creds: Option<(String, String)>) -> Registry {
+    /// Require HTTP Basic auth as `user`:`password` (a bcrypt htpasswd file
+    /// made by `htpasswd -Bbn`).
+    pub fn basic_auth(mut self, user: &str, password: &str) -> RegistryBuilder {
+        self.auth = Auth::Htpasswd {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        };
+        self
+    }
+
+    /// Require bearer tokens from `server` (`auth.token`); pushes log in to
+    /// it with its user and password.
+    pub fn token_auth(mut self, server: &TokenServer) -> RegistryBuilder {
+        self.auth = Auth::Token {
+            realm: server.realm(),
+            root_cert_bundle: server.signing_cert().to_owned(),
+            user: server.user().to_owned(),
+            password: server.password().to_owned(),
+        };
+        self
+    }
+
+    /// Starts the registry and waits until it answers.
+    pub fn start(self) -> Registry {
         let registry_bin = require_tool(REGISTRY_BIN, "docker-registry");
+        assert!(
+            !self.client_certs || self.tls.is_some(),
+            "require_client_cert needs tls(pki) too"
+        );
         let dir = tempfile::Builder::new()
             .prefix("distd-registry-")
             .tempdir()
             .expect("create the registry's directory");
         let port = free_port();
-        let mut auth = String::new();
-        if let Some((user, password)) = &creds {
-            let htpasswd = require_tool("htpasswd", "apache2-utils");
-            let out = Command::new(htpasswd)
-                .args(["-Bbn", user, password])
-                .output()
-                .expect("run htpasswd");
-            assert!(out.status.success(), "htpasswd failed: {out:?}");
-            fs::write(dir.path().join("htpasswd"), &out.stdout).expect("write htpasswd");
-            auth = format!(
-                "auth:\n  htpasswd:\n    realm: distd-test\n    path: {}\n",
-                dir.path().join("htpasswd").display()
+        let (auth, creds) = self.auth_section(dir.path());
+        let mut tls = String::new();
+        if let Some(pki) = &self.tls {
+            tls = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                pki.server_cert.display(),
+                pki.server_key.display()
             );
+            if self.client_certs {
+                tls.push_str(&format!(
+                    "    clientcas:\n      - {}\n",
+                    pki.ca_cert.display()
+                ));
+            }
+            // What skopeo's --dest-cert-dir reads: CA, and client cert/key.
+            pki.write_certs_dir(&dir.path().join("skopeo-certs"), self.client_certs);
         }
         let config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n{auth}",
+             http:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");
@@ -99,7 +168,10 @@ impl Registry {
             port,
             dir,
             creds,
+            tls: self.tls.is_some(),
         };
+        // A TLS listener answers plain HTTP with a 400 before any handshake,
+        // so the same probe serves both.
         poll_until(
             Duration::from_secs(20),
             "docker-registry to answer GET /v2/",
@@ -115,9 +187,73 @@ impl Registry {
         registry
     }
 
+    /// The `auth:` section of the config (files it needs written to `dir`)
+    /// and the credentials pushes use.
+    fn auth_section(&self, dir: &Path) -> (String, Option<(String, String)>) {
+        match &self.auth {
+            Auth::None => (String::new(), None),
+            Auth::Htpasswd { user, password } => {
+                let htpasswd = require_tool("htpasswd", "apache2-utils");
+                let out = Command::new(htpasswd)
+                    .args(["-Bbn", user, password])
+                    .output()
+                    .expect("run htpasswd");
+                assert!(out.status.success(), "htpasswd failed: {out:?}");
+                fs::write(dir.join("htpasswd"), &out.stdout).expect("write htpasswd");
+                let section = format!(
+                    "auth:\n  htpasswd:\n    realm: distd-test\n    path: {}\n",
+                    dir.join("htpasswd").display()
+                );
+                (section, Some((user.clone(), password.clone())))
+            }
+            Auth::Token {
+                realm,
+                root_cert_bundle,
+                user,
+                password,
+            } => {
+                let section = format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    \
+                     rootcertbundle: {}\n",
+                    token_server::SERVICE,
+                    token_server::ISSUER,
+                    root_cert_bundle.display()
+                );
+                (section, Some((user.clone(), password.clone())))
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// An anonymous plain-HTTP registry.
+    pub fn start() -> Registry {
+        Registry::builder().start()
+    }
+
+    /// A plain-HTTP registry that requires HTTP Basic auth as
+    /// `user`:`password`.
+    pub fn start_with_auth(user: &str, password: &str) -> Registry {
+        Registry::builder().basic_auth(user, password).start()
+    }
+
+    /// Options for a registry, starting from an anonymous plain-HTTP one.
+    pub fn builder() -> RegistryBuilder {
+        RegistryBuilder {
+            tls: None,
+            client_certs: false,
+            auth: Auth::None,
+        }
+    }
+
     /// `127.0.0.1:PORT`, the registry part of references to it.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the registry serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The registry's log so far.
@@ -127,7 +263,7 @@ impl Registry {
 
     /// Pushes the OCI layout at `dir` as `repo_tag` (`repo:tag`) with
     /// `skopeo copy --preserve-digests` (with `--dest-creds` when the
-    /// registry requires auth).
+    /// registry requires auth, trusting the test CA when it serves HTTPS).
     pub fn push_layout(&self, dir: &Path, repo_tag: &str) {
         self.push(dir, repo_tag, false);
     }
@@ -150,11 +286,19 @@ impl Registry {
         command
             .arg("--policy")
             .arg(&policy)
-            .args(["copy", "--dest-tls-verify=false", "--preserve-digests"])
+            .args(["copy", "--preserve-digests"])
             .env(
                 "REGISTRY_AUTH_FILE",
                 self.dir.path().join("skopeo-auth.json"),
             );
+        if self.tls {
+            command
+                .arg("--dest-tls-verify=true")
+                .arg("--dest-cert-dir")
+                .arg(self.dir.path().join("skopeo-certs"));
+        } else {
+            command.arg("--dest-tls-verify=false");
+        }
         if all {
             command.arg("--all");
         }

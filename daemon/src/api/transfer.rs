@@ -76,10 +76,13 @@ fn parse_registry(text: &str) -> Result<String, Status> {
 }
 
 fn transport_status(registry: &str, error: distd_sdk::TransportError) -> Status {
-    Status::new(
-        error.kind.to_code(),
-        format!("{registry}: {}", error.message),
-    )
+    let kind = error.kind;
+    let message = TransferError::Transport {
+        registry: registry.to_owned(),
+        source: error,
+    }
+    .to_string();
+    Status::new(kind.to_code(), message)
 }
 
 fn descriptor(d: Descriptor) -> pb::Descriptor {

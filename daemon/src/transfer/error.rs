@@ -11,7 +11,7 @@ pub enum TransferError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The transport failed (after retries, where retrying made sense).
-    #[error("{registry}: {source}")]
+    #[error("{}", transport_message(registry, source))]
     Transport {
         /// Registry (or other source) that failed.
         registry: String,
@@ -65,6 +65,15 @@ pub enum TransferError {
     /// The caller went away.
     #[error("the pull was cancelled")]
     Cancelled,
+}
+
+/// The transport's message, prefixed with the registry unless it names it.
+fn transport_message(registry: &str, source: &TransportError) -> String {
+    if source.message.contains(registry) {
+        source.message.clone()
+    } else {
+        format!("{registry}: {}", source.message)
+    }
 }
 
 impl TransferError {

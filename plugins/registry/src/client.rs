@@ -13,7 +13,7 @@ use reqwest::{Client, RequestBuilder, Response, StatusCode};
 
 use crate::auth::{AuthCache, Scheme, TokenResponse, parse_challenges, pull_scope};
 use crate::credentials::{Basic, Credentials};
-use crate::errors::{is_certificate_error, request_error, status_error};
+use crate::errors::{is_tls_refusal, request_error, status_error, tls_error};
 use crate::options::{RegistryOptions, schemes};
 use crate::tls::{TlsFiles, read_pem, unusable};
 
@@ -92,31 +92,37 @@ impl Http {
         }
         let client = self.client(registry)?;
         let what = "its API root /v2/";
-        let mut first_error: Option<TransportError> = None;
-        for scheme in candidates {
-            match client.get(format!("{scheme}://{host}/v2/")).send().await {
-                Ok(_) => {
-                    tracing::debug!(registry, scheme, "registry scheme found");
-                    lock(&self.schemes).insert(registry.to_owned(), scheme);
-                    return Ok(format!("{scheme}://{host}"));
-                }
-                Err(e) => {
-                    let certificate = is_certificate_error(&e);
-                    let error = request_error(&e, registry, what);
-                    tracing::debug!(registry, scheme, error = %error.message, "registry probe failed");
-                    let error = first_error.get_or_insert(error);
-                    if certificate {
-                        return Err(error.clone());
-                    }
-                }
+        let https = match client.get(format!("https://{host}/v2/")).send().await {
+            Ok(_) => return Ok(self.found_scheme(registry, "https", host)),
+            Err(e) => e,
+        };
+        let detail = crate::errors::chain(&https);
+        tracing::debug!(registry, error = %detail, "registry does not answer HTTPS");
+        if is_tls_refusal(&https) {
+            return Err(tls_error(registry, what, &detail));
+        }
+        let http = match client.get(format!("http://{host}/v2/")).send().await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::debug!(registry, error = %crate::errors::chain(&e), "registry does not answer HTTP either");
+                return Err(request_error(&https, registry, what));
+            }
+        };
+        if http.status() == StatusCode::BAD_REQUEST {
+            // Go's TLS servers answer plain HTTP so: the registry speaks TLS,
+            // and the HTTPS failure is the one to report.
+            let body = read_small(http, registry, what).await.unwrap_or_default();
+            if String::from_utf8_lossy(&body).contains("HTTPS") {
+                return Err(tls_error(registry, what, &detail));
             }
         }
-        Err(first_error.unwrap_or_else(|| {
-            TransportError::new(
-                ErrorKind::Internal,
-                format!("no scheme to try for {registry}"),
-            )
-        }))
+        Ok(self.found_scheme(registry, "http", host))
+    }
+
+    fn found_scheme(&self, registry: &str, scheme: &'static str, host: &str) -> String {
+        tracing::debug!(registry, scheme, "registry scheme found");
+        lock(&self.schemes).insert(registry.to_owned(), scheme);
+        format!("{scheme}://{host}")
     }
 
     /// The client for `registry`: the shared one unless the registry has its

@@ -90,11 +90,27 @@ fn is_tls(error: &reqwest::Error) -> bool {
     false
 }
 
-/// Whether `error` is about a certificate: one the registry presented that
-/// is not trusted, or one it wanted from us. Such a registry speaks TLS, so
-/// falling back to plain HTTP would be wrong.
-pub fn is_certificate_error(error: &reqwest::Error) -> bool {
-    chain(error).to_ascii_lowercase().contains("certificate")
+/// Whether `error` shows the registry speaks TLS but the connection was
+/// refused: a certificate it presented that is not trusted, one it wanted
+/// from us, or a TLS alert it sent. Falling back to plain HTTP would be wrong.
+pub fn is_tls_refusal(error: &reqwest::Error) -> bool {
+    let text = chain(error).to_ascii_lowercase();
+    text.contains("certificate") || text.contains("alert")
+}
+
+/// The error for a TLS connection to `registry` that failed with `detail`,
+/// saying which settings make it work.
+pub fn tls_error(registry: &str, what: &str, detail: &str) -> TransportError {
+    TransportError::new(
+        ErrorKind::Unavailable,
+        format!(
+            "TLS with registry {registry} failed for {what}: {detail}; if it uses a private CA, \
+             set ca_file under [registries.\"{registry}\"] in distd's config or put the CA \
+             in certs.d/{registry}/ca.crt of distd's certs_dir; if it wants a client \
+             certificate, set client_cert and client_key there (or certs.d/{registry}/client.cert \
+             and client.key)"
+        ),
+    )
 }
 
 /// The full chain of an error's messages, `a: b: c`.
@@ -116,16 +132,7 @@ pub fn chain(error: &dyn std::error::Error) -> String {
 pub fn request_error(error: &reqwest::Error, registry: &str, what: &str) -> TransportError {
     let detail = chain(error);
     if is_tls(error) {
-        return TransportError::new(
-            ErrorKind::Unavailable,
-            format!(
-                "TLS with registry {registry} failed for {what}: {detail}; if it uses a private CA, \
-                 set ca_file under [registries.\"{registry}\"] in distd's config or put the CA \
-                 in certs.d/{registry}/ca.crt of distd's certs_dir; if it wants a client \
-                 certificate, set client_cert and client_key there (or certs.d/{registry}/client.cert \
-                 and client.key)"
-            ),
-        );
+        return tls_error(registry, what, &detail);
     }
     if error.is_builder() {
         return TransportError::new(

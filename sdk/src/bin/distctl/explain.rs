@@ -46,6 +46,20 @@ pub fn explain(err: ClientError, action: &str, hints: &[Hint<'_>]) -> anyhow::Er
     }
 }
 
+/// Like [`explain`] for calls whose errors come from a registry through
+/// the daemon (pull, inspect, login): the daemon's message already says what
+/// to do, so only store-side kinds (disk full, a bug) get generic advice.
+pub fn explain_remote(err: ClientError, action: &str, hints: &[Hint<'_>]) -> anyhow::Error {
+    let kind = err.kind();
+    if hints.iter().any(|(k, _)| *k == kind)
+        || matches!(kind, ErrorKind::ResourceExhausted | ErrorKind::Internal)
+        || matches!(err, ClientError::Connect { .. })
+    {
+        return explain(err, action, hints);
+    }
+    anyhow::anyhow!("{action}: {err}")
+}
+
 /// Extension to explain a client result in place.
 pub trait Explain<T> {
     /// Explains an error with the command's `action` and kind-specific `hints`.

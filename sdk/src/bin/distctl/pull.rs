@@ -13,7 +13,7 @@ use pb::pull_event::Event;
 use serde_json::json;
 
 use crate::cli::PullArgs;
-use crate::explain::explain;
+use crate::explain::explain_remote;
 use crate::output::{self, Output};
 
 const BAR: &str = "{msg:20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}";
@@ -38,7 +38,7 @@ pub async fn run(client: &Client, out: Output, args: PullArgs) -> anyhow::Result
     };
     let action = format!("pulling {}", args.reference);
     // distd's messages say what to do (log in, pick a platform, …).
-    let fail = |e: tonic::Status| explain(ClientError::from(e), &action, &[]);
+    let fail = |e: tonic::Status| explain_remote(ClientError::from(e), &action, &[]);
     let mut events = client
         .transfer()
         .pull(request)

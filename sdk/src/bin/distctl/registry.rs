@@ -9,7 +9,7 @@ use distd_sdk::{Client, ClientError, ErrorKind};
 use serde_json::{Value, json};
 
 use crate::cli::{InspectArgs, LoginArgs};
-use crate::explain::explain;
+use crate::explain::explain_remote;
 use crate::output::{self, Output};
 
 /// Runs `distctl login`: reads the username and secret, has the daemon check
@@ -44,7 +44,7 @@ pub async fn login(client: &Client, out: Output, args: LoginArgs) -> anyhow::Res
         })
         .await
         .map_err(|e| {
-            explain(
+            explain_remote(
                 ClientError::from(e),
                 &action,
                 &[(
@@ -75,7 +75,7 @@ pub async fn logout(client: &Client, out: Output, registry: String) -> anyhow::R
             registry: registry.clone(),
         })
         .await
-        .map_err(|e| explain(ClientError::from(e), &action, &[]))?
+        .map_err(|e| explain_remote(ClientError::from(e), &action, &[]))?
         .into_inner();
     out.result(
         &json!({ "registry": registry, "removed_from": response.removed_from }),
@@ -131,7 +131,7 @@ pub async fn inspect(client: &Client, out: Output, args: InspectArgs) -> anyhow:
             platform: args.platform.unwrap_or_default(),
         })
         .await
-        .map_err(|e| explain(ClientError::from(e), &action, &[]))?
+        .map_err(|e| explain_remote(ClientError::from(e), &action, &[]))?
         .into_inner();
     let parse = |what: &str, bytes: &[u8]| -> anyhow::Result<Value> {
         serde_json::from_slice(bytes).with_context(|| format!("{action}: its {what} is not JSON"))
