@@ -77,11 +77,18 @@ pub fn mark(conn: &rusqlite::Connection, store: &Store) -> Result<Marked> {
             roots.push(id);
         }
     }
+    // A lease that expired gives its ingests up at once: the failed pull it
+    // protected had its chance to resume them.
+    let abandoned: HashSet<String> = meta::leases::expired_ingests(conn, now)?
+        .into_iter()
+        .filter(|reference| !leased_ingests.contains(reference))
+        .collect();
     let mut expired_ingests = Vec::new();
     for ingest in meta::ingests::list(conn)? {
         let live = held.contains(&ingest.reference)
             || leased_ingests.contains(&ingest.reference)
-            || now.saturating_sub(ingest.updated_at) < expiry_ms;
+            || (!abandoned.contains(&ingest.reference)
+                && now.saturating_sub(ingest.updated_at) < expiry_ms);
         if live {
             roots.extend(ingest.committing);
         } else {

@@ -172,6 +172,29 @@ pub fn live_resources(conn: &Connection, now: i64) -> Result<Vec<(String, String
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// Ids of the ingests held by leases that expired at `now`: what a failed
+/// pull left, collectable now rather than after the ingest expiry.
+pub fn expired_ingests(conn: &Connection, now: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT r.id FROM lease_resources r JOIN leases l ON l.id = r.lease_id
+         WHERE r.kind = ?1 AND l.expires_at IS NOT NULL AND l.expires_at <= ?2",
+    )?;
+    let rows = stmt.query_map(params![KIND_INGEST, now], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Moves lease `id`'s expiry to `expires_at`; `LeaseNotFound` when absent.
+pub fn set_expiry(conn: &Connection, id: &str, expires_at: Option<i64>) -> Result<()> {
+    if conn.execute(
+        "UPDATE leases SET expires_at = ?2 WHERE id = ?1",
+        params![id, expires_at],
+    )? == 0
+    {
+        return Err(StoreError::LeaseNotFound(id.to_owned()));
+    }
+    Ok(())
+}
+
 /// Ids of leases expired at `now`.
 pub fn expired_ids(conn: &Connection, now: i64) -> Result<Vec<String>> {
     let mut stmt =

@@ -194,15 +194,48 @@ impl Puller {
             inflight: self.inflight.clone(),
             events,
         };
+        // The lease's clock runs from the pull's last sign of life: renewed
+        // while the pull runs, so a long pull keeps its content, and set
+        // once more when it fails, so the partial content gets the whole TTL.
+        let renewal = tokio::spawn(self.clone().renew(lease.clone()));
         let result = self.pull_leased(&fetcher, reference, options).await;
+        renewal.abort();
         if result.is_ok() {
             // The image record roots the content now.
             self.store
                 .meta()
                 .run(move |conn| meta::leases::delete(conn, &lease))
                 .await?;
+        } else if let Err(e) = self.extend(&lease).await {
+            // The pull's own error is the one to report.
+            tracing::warn!(lease = %lease, error = %e, "cannot renew the failed pull's lease");
         }
         result
+    }
+
+    /// Keeps `lease` alive until aborted.
+    async fn renew(self, lease: String) {
+        let period = (self.lease_ttl / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(period).await;
+            if let Err(e) = self.extend(&lease).await {
+                tracing::warn!(lease = %lease, error = %e, "cannot renew the pull's lease");
+            }
+        }
+    }
+
+    /// Moves `lease`'s expiry to one TTL from now.
+    async fn extend(&self, lease: &str) -> Result<(), StoreError> {
+        let expires = now_ms().saturating_add(self.ttl_ms());
+        let lease = lease.to_owned();
+        self.store
+            .meta()
+            .run(move |conn| meta::leases::set_expiry(conn, &lease, Some(expires)))
+            .await
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.lease_ttl.as_millis()).unwrap_or(i64::MAX)
     }
 
     async fn create_lease(&self) -> Result<String, StoreError> {
@@ -210,7 +243,7 @@ impl Puller {
         getrandom::fill(&mut random)
             .map_err(|e| StoreError::Task(format!("no randomness: {e}")))?;
         let now = now_ms();
-        let ttl = i64::try_from(self.lease_ttl.as_millis()).unwrap_or(i64::MAX);
+        let ttl = self.ttl_ms();
         let row = LeaseRow {
             id: format!(
                 "pull-{}",
