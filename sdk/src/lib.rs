@@ -25,4 +25,7 @@ pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use distd_proto as proto;
 pub use error::ErrorKind;
 pub use reference::{Reference, ReferenceError};
-pub use transport::{ByteStream, Descriptor, Locator, Transport, TransportError};
+pub use transport::{
+    BlobSource, ByteStream, Descriptor, Locator, MountOutcome, PushProgress, Transport,
+    TransportError, UploadSession,
+};

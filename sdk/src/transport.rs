@@ -100,6 +100,51 @@ impl TransportError {
 /// A stream of blob bytes, in order.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, TransportError>> + Send>>;
 
+/// Where a pushed blob's bytes come from (the daemon's store), readable from
+/// any offset so an upload can continue where the destination says it is.
+#[async_trait::async_trait]
+pub trait BlobSource: Send + Sync {
+    /// Streams the blob's bytes from `offset` to its end.
+    async fn open(&self, offset: u64) -> Result<ByteStream, TransportError>;
+}
+
+/// An upload in progress at a destination. The daemon persists the latest
+/// one per blob, so a retry or a restarted daemon continues it instead of
+/// sending the blob again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSession {
+    /// Where the upload continues (for a registry, its upload URL).
+    pub location: String,
+    /// Bytes the destination has acknowledged.
+    pub offset: u64,
+}
+
+/// What a push tells the daemon as it goes.
+pub trait PushProgress: Send + Sync {
+    /// The destination acknowledged bytes up to `session.offset` (or opened
+    /// a session): persist it to continue after a failure.
+    fn session(&self, session: &UploadSession);
+    /// `bytes` more bytes went out on the wire.
+    fn sent(&self, bytes: u64);
+}
+
+/// How a cross-repository mount went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountOutcome {
+    /// The destination now has the blob; nothing was sent.
+    Mounted,
+    /// The destination did not mount it; it may have opened an upload
+    /// session instead, which `push_blob` can use.
+    NotMounted(Option<UploadSession>),
+}
+
+fn unsupported(what: &str) -> TransportError {
+    TransportError::new(
+        ErrorKind::FailedPrecondition,
+        format!("this transport cannot {what}"),
+    )
+}
+
 /// A way to move content. Every method is cancellable by dropping its future.
 #[async_trait::async_trait]
 pub trait Transport: Send + Sync {
@@ -123,4 +168,45 @@ pub trait Transport: Send + Sync {
     /// The size of blob `digest` if present, `None` when absent.
     async fn stat(&self, locator: &Locator, digest: &Digest)
     -> Result<Option<u64>, TransportError>;
+
+    /// Asks the destination to take `blob` from repository `from` on the
+    /// same registry without moving its bytes.
+    async fn mount(
+        &self,
+        locator: &Locator,
+        blob: &Descriptor,
+        from: &str,
+    ) -> Result<MountOutcome, TransportError> {
+        let _ = (locator, blob, from);
+        Ok(MountOutcome::NotMounted(None))
+    }
+
+    /// Uploads `blob`, reading its bytes from `source`. With `resume`, asks
+    /// the destination where that session stands and continues from there
+    /// (a session it no longer knows starts a new upload). Reports every
+    /// acknowledged offset to `progress`. Returns the bytes sent.
+    async fn push_blob(
+        &self,
+        locator: &Locator,
+        blob: &Descriptor,
+        source: &dyn BlobSource,
+        resume: Option<UploadSession>,
+        progress: &dyn PushProgress,
+    ) -> Result<u64, TransportError> {
+        let _ = (locator, blob, source, resume, progress);
+        Err(unsupported("push blobs"))
+    }
+
+    /// Stores a manifest or index, byte for byte, under `reference` (a tag,
+    /// or its digest). Every blob it names must be at the destination.
+    async fn push_manifest(
+        &self,
+        locator: &Locator,
+        reference: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<(), TransportError> {
+        let _ = (locator, reference, media_type, bytes);
+        Err(unsupported("push manifests"))
+    }
 }
