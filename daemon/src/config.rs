@@ -67,6 +67,9 @@ pub struct Config {
     /// Pulls.
     #[serde(default)]
     pub transfer: TransferConfig,
+    /// Pushes.
+    #[serde(default)]
+    pub push: PushConfig,
     /// A directory laid out like Docker's `certs.d`
     /// (`<dir>/<host:port>/*.crt`, `client.cert` + `client.key`); default:
     /// `certs.d` beside the config file. `/etc/docker/certs.d` and
@@ -122,6 +125,40 @@ impl Default for TransferConfig {
         }
     }
 }
+
+/// `[push]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Blobs up to this size go up in one request; larger ones in chunks of
+    /// this size, so a proxy with a request-body limit cannot stop a push.
+    #[serde(deserialize_with = "size")]
+    pub chunk_size: u64,
+    /// Blobs one push sends at once.
+    pub concurrency: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            chunk_size: distd_plugin_registry::options::DEFAULT_PUSH_CHUNK_SIZE,
+            concurrency: crate::transfer::DEFAULT_PUSH_CONCURRENCY,
+        }
+    }
+}
+
+/// A size: a number of bytes or text like "16MiB".
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match Watermark::deserialize(d)? {
+        Watermark::Bytes(bytes) => Ok(bytes),
+        Watermark::Percent(_) => Err(serde::de::Error::custom(
+            "expected a size such as \"16MiB\", not a percentage",
+        )),
+    }
+}
+
+/// Smallest push chunk: below it, per-request overhead dominates.
+pub const MIN_PUSH_CHUNK: u64 = 64 * 1024;
 
 /// The most blobs one pull may fetch at once.
 pub const MAX_CONCURRENCY: usize = 64;
@@ -317,6 +354,18 @@ impl Config {
                 message: format!("must be between 1 and {MAX_CONCURRENCY}"),
             });
         }
+        if self.push.chunk_size < MIN_PUSH_CHUNK {
+            return Err(ConfigError::Invalid {
+                key: "push.chunk_size",
+                message: format!("must be at least {MIN_PUSH_CHUNK} bytes"),
+            });
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.push.concurrency) {
+            return Err(ConfigError::Invalid {
+                key: "push.concurrency",
+                message: format!("must be between 1 and {MAX_CONCURRENCY}"),
+            });
+        }
         if self.transfer.pull_lease_ttl.is_zero() {
             return Err(ConfigError::Invalid {
                 key: "transfer.pull_lease_ttl",
@@ -363,6 +412,7 @@ impl Config {
                 .collect(),
             user_agent: Some(format!("distd/{}", env!("CARGO_PKG_VERSION"))),
             certs_dirs: certs_dir.into_iter().collect(),
+            push_chunk_size: self.push.chunk_size,
             ..Default::default()
         }
     }

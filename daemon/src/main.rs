@@ -135,10 +135,15 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("cannot set up the registry transport: {e}"))?;
     let pulls = transfer::PullDefaults::from(&config.transfer);
+    let pushes = transfer::PushOptions {
+        concurrency: config.push.concurrency,
+        ..transfer::PushOptions::default()
+    };
     let serving = api::serve(
         store.clone(),
         Arc::new(transport),
         pulls,
+        pushes,
         listener,
         server::stopped(stop_rx.clone()),
     );

@@ -34,6 +34,7 @@ pub async fn serve(
     store: Store,
     registry: Arc<distd_plugin_registry::RegistryTransport>,
     pulls: crate::transfer::PullDefaults,
+    pushes: crate::transfer::PushOptions,
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -60,8 +61,10 @@ pub async fn serve(
         .add_service(pb::transfer_server::TransferServer::new(
             transfer::TransferService::new(
                 Puller::new(store.clone(), pulls.lease_ttl),
+                crate::transfer::Pusher::new(store.clone()),
                 registry,
                 pulls,
+                pushes,
             ),
         ))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use distd_proto::distd::v1 as pb;
 use distd_sdk::{Descriptor, Reference, Transport};
-use pb::pull_event::Event as Kind;
+use pb::transfer_event::Event as Kind;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,12 +15,16 @@ use tracing::Instrument;
 use super::convert::signed;
 use crate::transfer::inspect::inspect;
 use crate::transfer::platform::Platform;
-use crate::transfer::{Event, Events, PullDefaults, PullOptions, Puller, TransferError};
+use crate::transfer::{
+    Event, Events, PullDefaults, PullOptions, Puller, PushOptions, Pusher, TransferError,
+};
 use distd_plugin_registry::RegistryTransport;
 
 /// Serves `Transfer` with one puller and the transport it pulls through.
 pub struct TransferService {
     puller: Puller,
+    pusher: Pusher,
+    push_defaults: PushOptions,
     /// Pulls and inspections go through the trait…
     transport: Arc<dyn Transport>,
     /// …logins are the registry transport's own business.
@@ -30,9 +34,17 @@ pub struct TransferService {
 
 impl TransferService {
     /// A service pulling through `registry` with the daemon's `defaults`.
-    pub fn new(puller: Puller, registry: Arc<RegistryTransport>, defaults: PullDefaults) -> Self {
+    pub fn new(
+        puller: Puller,
+        pusher: Pusher,
+        registry: Arc<RegistryTransport>,
+        defaults: PullDefaults,
+        push_defaults: PushOptions,
+    ) -> Self {
         TransferService {
             puller,
+            pusher,
+            push_defaults,
             transport: registry.clone(),
             registry,
             defaults,
@@ -94,9 +106,9 @@ fn descriptor(d: Descriptor) -> pb::Descriptor {
     }
 }
 
-fn to_api(event: Event) -> pb::PullEvent {
+fn to_api(event: Event) -> pb::TransferEvent {
     let kind = match event {
-        Event::Resolved { target, transport } => Kind::Resolved(pb::pull_event::Resolved {
+        Event::Resolved { target, transport } => Kind::Resolved(pb::transfer_event::Resolved {
             target: Some(descriptor(target)),
             transport,
         }),
@@ -105,13 +117,13 @@ fn to_api(event: Event) -> pb::PullEvent {
             size,
             transport,
             resume_offset,
-        } => Kind::BlobStarted(pb::pull_event::BlobStarted {
+        } => Kind::BlobStarted(pb::transfer_event::BlobStarted {
             digest: digest.to_string(),
             size: signed(size),
             transport,
             resume_offset: signed(resume_offset),
         }),
-        Event::Progress { digest, bytes } => Kind::Progress(pb::pull_event::BlobProgress {
+        Event::Progress { digest, bytes } => Kind::Progress(pb::transfer_event::BlobProgress {
             digest: digest.to_string(),
             bytes: signed(bytes),
         }),
@@ -119,33 +131,78 @@ fn to_api(event: Event) -> pb::PullEvent {
             digest,
             transport,
             transferred,
-        } => Kind::BlobDone(pb::pull_event::BlobDone {
+        } => Kind::BlobDone(pb::transfer_event::BlobDone {
             digest: digest.to_string(),
             transport,
             transferred: signed(transferred),
         }),
+        Event::Mounted { digest, from } => Kind::Mounted(pb::transfer_event::Mounted {
+            digest: digest.to_string(),
+            from,
+        }),
+        Event::Skipped { digest, reason } => Kind::Skipped(pb::transfer_event::Skipped {
+            digest: digest.to_string(),
+            reason: reason.to_owned(),
+        }),
         Event::Warning(message) => Kind::Warning(message),
-        Event::Done { name, target } => Kind::Done(pb::pull_event::Done {
+        Event::Done { name, target } => Kind::Done(pb::transfer_event::Done {
             name,
             target: Some(descriptor(target)),
         }),
     };
-    pb::PullEvent { event: Some(kind) }
+    pb::TransferEvent { event: Some(kind) }
 }
 
 fn transfer_status(error: TransferError) -> Status {
     let kind = error.kind();
     if kind == distd_sdk::ErrorKind::Internal {
-        tracing::error!(error = %error, "pull failed");
+        tracing::error!(error = %error, "transfer failed");
     }
     Status::new(kind.to_code(), error.to_string())
 }
 
-type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullEvent, Status>> + Send>>;
+type TransferStream = Pin<Box<dyn Stream<Item = Result<pb::TransferEvent, Status>> + Send>>;
+
+/// Runs a transfer on a task of its own, streaming its events to the caller
+/// and its error, if any, as the stream's final status. A caller that goes
+/// away cancels it.
+fn streamed<F, Fut>(span: tracing::Span, verb: &'static str, work: F) -> TransferStream
+where
+    F: FnOnce(Events) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Descriptor, TransferError>> + Send + 'static,
+{
+    let (events_tx, mut events_rx) = mpsc::channel(64);
+    let (out_tx, out_rx) = mpsc::channel(64);
+    tokio::spawn(
+        async move {
+            let forward = out_tx.clone();
+            let forwarder = tokio::spawn(async move {
+                while let Some(event) = events_rx.recv().await {
+                    if forward.send(Ok(to_api(event))).await.is_err() {
+                        // The client went away; dropping the receiver cancels the work.
+                        return;
+                    }
+                }
+            });
+            let result = work(Events(events_tx)).await;
+            let _ = forwarder.await;
+            match result {
+                Ok(target) => tracing::info!(target = %target.digest, "{verb}"),
+                Err(error) => {
+                    tracing::warn!(error = %error, "{verb} failed");
+                    let _ = out_tx.send(Err(transfer_status(error))).await;
+                }
+            }
+        }
+        .instrument(span),
+    );
+    Box::pin(ReceiverStream::new(out_rx))
+}
 
 #[tonic::async_trait]
 impl pb::transfer_server::Transfer for TransferService {
-    type PullStream = PullStream;
+    type PullStream = TransferStream;
+    type PushStream = TransferStream;
 
     async fn pull(
         &self,
@@ -159,37 +216,46 @@ impl pb::transfer_server::Transfer for TransferService {
             all_platforms: request.all_platforms,
             ..self.defaults.options()
         };
-        let (events_tx, mut events_rx) = mpsc::channel(64);
-        let (out_tx, out_rx) = mpsc::channel(64);
         let puller = self.puller.clone();
         let transport = Arc::clone(&self.transport);
         let span = tracing::info_span!("pull", reference = %reference);
-        tokio::spawn(
-            async move {
-                let forward = out_tx.clone();
-                let forwarder = tokio::spawn(async move {
-                    while let Some(event) = events_rx.recv().await {
-                        if forward.send(Ok(to_api(event))).await.is_err() {
-                            // The client went away; dropping the receiver cancels the pull.
-                            return;
-                        }
-                    }
-                });
-                let result = puller
-                    .pull(transport, &reference, &options, Events(events_tx))
-                    .await;
-                let _ = forwarder.await;
-                match result {
-                    Ok(target) => tracing::info!(target = %target.digest, "pulled"),
-                    Err(error) => {
-                        tracing::warn!(error = %error, "pull failed");
-                        let _ = out_tx.send(Err(transfer_status(error))).await;
-                    }
-                }
-            }
-            .instrument(span),
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        Ok(Response::new(streamed(
+            span,
+            "pulled",
+            move |events| async move { puller.pull(transport, &reference, &options, events).await },
+        )))
+    }
+
+    async fn push(
+        &self,
+        request: Request<pb::PushRequest>,
+    ) -> Result<Response<Self::PushStream>, Status> {
+        let request = request.into_inner();
+        if request.source.is_empty() {
+            return Err(Status::invalid_argument("name the local image to push"));
+        }
+        let target = match request.target.as_str() {
+            "" => request.source.clone(),
+            target => target.to_owned(),
+        };
+        let target = parse_reference(&target)?;
+        let options = PushOptions {
+            platform: parse_platform(&request.platform)?,
+            ..self.push_defaults.clone()
+        };
+        let pusher = self.pusher.clone();
+        let transport = Arc::clone(&self.transport);
+        let source = request.source;
+        let span = tracing::info_span!("push", source = %source, target = %target);
+        Ok(Response::new(streamed(
+            span,
+            "pushed",
+            move |events| async move {
+                pusher
+                    .push(transport, &source, &target, &options, events)
+                    .await
+            },
+        )))
     }
 
     async fn inspect(

@@ -118,6 +118,11 @@ pub fn mark(conn: &rusqlite::Connection, store: &Store) -> Result<Marked> {
     })
 }
 
+/// How long a push's upload session is remembered without progress;
+/// registries expire theirs sooner (Distribution: a week at most, often
+/// hours), and a session they no longer know just starts a new upload.
+const UPLOAD_SESSION_TTL_MS: i64 = 24 * 3600 * 1000;
+
 /// Runs one collection.
 pub async fn collect(store: &Store, policy: Policy, dry_run: bool) -> Result<CollectReport> {
     let started = Instant::now();
@@ -139,6 +144,11 @@ pub async fn collect(store: &Store, policy: Policy, dry_run: bool) -> Result<Col
                 for (reference, _) in &report.removed_ingests {
                     meta::ingests::delete(&tx, reference)?;
                 }
+                if !report.removed.is_empty() {
+                    meta::transfers::prune_sources(&tx)?;
+                }
+                let stale = now_ms().saturating_sub(UPLOAD_SESSION_TTL_MS);
+                meta::transfers::expire_sessions(&tx, stale)?;
                 tx.commit()?;
             }
             Ok((report, expired))

@@ -1,6 +1,6 @@
 //! SQLite metadata of the store.
 //!
-//! Schema (version 1, kept in `PRAGMA user_version`):
+//! Schema (version 2, kept in `PRAGMA user_version`):
 //!
 //! ```text
 //! blobs           digest PK, size, media_type, created_at, last_used
@@ -19,6 +19,11 @@
 //!                 `committing` is the commit intent: set before the file is
 //!                 renamed into blobs/, so recovery after a crash knows to
 //!                 finish recording the blob
+//! blob_sources    (digest, registry, repository) PK, seen_at: where a blob
+//!                 was pulled from or pushed to, for cross-repository mounts
+//! upload_sessions (registry, repository, digest) PK, location, offset,
+//!                 updated_at: the latest acknowledged state of a push's
+//!                 upload, continued after a failure or a restart
 //! ```
 //!
 //! Times are milliseconds since the Unix epoch. Every change that must be
@@ -29,6 +34,7 @@ pub mod blobs;
 pub mod images;
 pub mod ingests;
 pub mod leases;
+pub mod transfers;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -39,10 +45,11 @@ use rusqlite::Connection;
 use crate::error::{Result, StoreError};
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Migrations, in order; entry `n` takes the schema from version `n` to `n+1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE blobs (
         digest     TEXT PRIMARY KEY,
         size       INTEGER NOT NULL,
@@ -88,7 +95,26 @@ const MIGRATIONS: &[&str] = &[r#"
         updated_at INTEGER NOT NULL,
         committing TEXT
     ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+    CREATE TABLE blob_sources (
+        digest     TEXT NOT NULL,
+        registry   TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        seen_at    INTEGER NOT NULL,
+        PRIMARY KEY (digest, registry, repository)
+    ) WITHOUT ROWID;
+    CREATE TABLE upload_sessions (
+        registry   TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        digest     TEXT NOT NULL,
+        location   TEXT NOT NULL,
+        offset     INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (registry, repository, digest)
+    ) WITHOUT ROWID;
+"#,
+];
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {

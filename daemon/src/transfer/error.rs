@@ -62,6 +62,14 @@ pub enum TransferError {
         /// What to do instead, if anything.
         hint: &'static str,
     },
+    /// What a push needs is not in the local store.
+    #[error("{what}; {hint}")]
+    NotLocal {
+        /// What is missing.
+        what: String,
+        /// What to do.
+        hint: &'static str,
+    },
     /// The caller went away.
     #[error("the pull was cancelled")]
     Cancelled,
@@ -86,6 +94,7 @@ impl TransferError {
             TransferError::NoPlatform { .. } => ErrorKind::NotFound,
             TransferError::BadManifest { .. } => ErrorKind::InvalidArgument,
             TransferError::Unsupported { .. } => ErrorKind::FailedPrecondition,
+            TransferError::NotLocal { .. } => ErrorKind::NotFound,
             TransferError::Cancelled => ErrorKind::Cancelled,
         }
     }

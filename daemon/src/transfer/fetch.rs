@@ -92,6 +92,12 @@ impl Fetcher {
                 .lease_existing(&blob.digest, Some(&self.lease))
                 .await?
             {
+                self.events
+                    .send(Event::Skipped {
+                        digest: blob.digest.clone(),
+                        reason: "already in the store",
+                    })
+                    .await?;
                 return Ok(());
             }
             match self.inflight.join(&blob.digest) {

@@ -8,6 +8,8 @@ mod error;
 mod fetch;
 pub mod inspect;
 pub mod platform;
+mod push;
+mod push_blob;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,7 @@ pub use error::TransferError;
 use fetch::Fetcher;
 pub use fetch::Inflight;
 use platform::Platform;
+pub use push::{DEFAULT_PUSH_CONCURRENCY, PushOptions, Pusher};
 
 use crate::error::StoreError;
 use crate::meta::{self, images::ImageRow, leases::LeaseRow, now_ms};
@@ -68,7 +71,21 @@ pub enum Event {
         /// Bytes moved this time (less than the size after a resume).
         transferred: u64,
     },
-    /// Something the user should know that did not stop the pull.
+    /// A push mounted the blob from another repository of the registry.
+    Mounted {
+        /// The blob.
+        digest: Digest,
+        /// The repository it came from.
+        from: String,
+    },
+    /// Nothing to move for this blob.
+    Skipped {
+        /// The blob.
+        digest: Digest,
+        /// Why (already in the store, already at the registry).
+        reason: &'static str,
+    },
+    /// Something the user should know that did not stop the transfer.
     Warning(String),
     /// The image record is written.
     Done {
@@ -362,7 +379,9 @@ impl Puller {
                 });
             }
         }
+        let digests: Vec<String> = blobs.iter().map(|b| b.digest.to_string()).collect();
         self.fetch_all(fetcher, blobs, options.concurrency).await?;
+        record_sources(&self.store, &fetcher.locator, digests).await?;
         self.record_image(&name, &target).await?;
         fetcher
             .events
@@ -439,5 +458,37 @@ impl Puller {
     }
 }
 
+/// Remembers that `locator` holds these blobs, so a push to another
+/// repository of the same registry can mount them instead of uploading.
+async fn record_sources(
+    store: &Store,
+    locator: &Locator,
+    digests: Vec<String>,
+) -> Result<(), StoreError> {
+    let locator = locator.clone();
+    let now = now_ms();
+    store
+        .meta()
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            for digest in &digests {
+                meta::transfers::record_source(
+                    &tx,
+                    digest,
+                    &locator.registry,
+                    &locator.repository,
+                    now,
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+}
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod push_tests;
 #[cfg(test)]
 mod tests;

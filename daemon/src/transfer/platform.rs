@@ -85,6 +85,13 @@ pub struct Entry {
     matches: bool,
 }
 
+impl Entry {
+    /// Whether it matches the platform asked for.
+    pub fn is_match(&self) -> bool {
+        self.matches
+    }
+}
+
 /// The image manifests an index lists, each marked whether it matches
 /// `wanted` (`None` = every platform). Entries that are not image manifests
 /// (attestations, nested indexes) are left out.

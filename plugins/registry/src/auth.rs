@@ -86,6 +86,56 @@ pub fn pull_scope(repository: &str) -> String {
     format!("repository:{repository}:pull")
 }
 
+/// The pull-and-push scope of a repository.
+pub fn push_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
+}
+
+/// What a request needs its bearer token to allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// Reading `repository`.
+    Pull(&'a str),
+    /// Reading and writing `repository`.
+    Push(&'a str),
+    /// Writing `repository` and reading `from`, to mount a blob of `from`
+    /// into `repository`.
+    Mount {
+        /// Where the blob goes.
+        repository: &'a str,
+        /// Where the blob is.
+        from: &'a str,
+    },
+}
+
+impl Access<'_> {
+    /// The repository the request is about (whose credentials it uses).
+    pub fn repository(&self) -> &str {
+        match self {
+            Access::Pull(repository) | Access::Push(repository) => repository,
+            Access::Mount { repository, .. } => repository,
+        }
+    }
+
+    /// The scopes to ask the token server for, one `scope` parameter each.
+    pub fn scopes(&self) -> Vec<String> {
+        match *self {
+            Access::Pull(repository) => vec![pull_scope(repository)],
+            Access::Push(repository) => vec![push_scope(repository)],
+            Access::Mount { repository, from } if from == repository => {
+                vec![push_scope(repository)]
+            }
+            Access::Mount { repository, from } => vec![push_scope(repository), pull_scope(from)],
+        }
+    }
+}
+
+/// The key a token for `scopes` is cached under: the scopes joined by
+/// spaces, as OAuth2 writes a set of scopes.
+pub fn scope_key(scopes: &[String]) -> String {
+    scopes.join(" ")
+}
+
 /// What a registry asked for last time, so later requests authenticate
 /// up front instead of collecting a 401 first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +273,27 @@ mod tests {
             parse_challenges(r#"Bearer realm="x"#)[0].param("realm"),
             Some("x")
         );
+    }
+
+    #[test]
+    fn access_scopes() {
+        assert_eq!(Access::Pull("a/b").scopes(), ["repository:a/b:pull"]);
+        assert_eq!(Access::Push("a/b").scopes(), ["repository:a/b:pull,push"]);
+        let mount = Access::Mount {
+            repository: "a/b",
+            from: "c",
+        };
+        assert_eq!(mount.repository(), "a/b");
+        assert_eq!(
+            scope_key(&mount.scopes()),
+            "repository:a/b:pull,push repository:c:pull"
+        );
+        let same = Access::Mount {
+            repository: "a",
+            from: "a",
+        };
+        assert_eq!(same.scopes(), ["repository:a:pull,push"]);
+        assert_eq!(scope_key(&Access::Pull("x").scopes()), pull_scope("x"));
     }
 
     #[test]

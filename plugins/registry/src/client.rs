@@ -11,9 +11,9 @@ use distd_sdk::transport::TransportError;
 use reqwest::header::WWW_AUTHENTICATE;
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 
-use crate::auth::{AuthCache, Scheme, TokenResponse, parse_challenges, pull_scope};
+use crate::auth::{Access, AuthCache, Scheme, TokenResponse, parse_challenges, scope_key};
 use crate::credentials::{Basic, Credentials};
-use crate::errors::{is_tls_refusal, request_error, status_error, tls_error};
+use crate::errors::{is_tls_refusal, push_status_error, request_error, status_error, tls_error};
 use crate::options::{RegistryOptions, schemes};
 use crate::tls::{TlsFiles, read_pem, unusable};
 
@@ -201,12 +201,34 @@ impl Http {
         what: &str,
         build: impl Fn(&Client) -> RequestBuilder,
     ) -> Result<Response, TransportError> {
+        self.send_as(registry, Access::Pull(repository), what, |client| {
+            std::future::ready(Ok(build(&client)))
+        })
+        .await
+    }
+
+    /// [`Http::send`] with a token for `access` (pull, push or mount) and
+    /// an asynchronous `build`, which may open a fresh request body for a
+    /// retry after an authentication challenge. (`build` takes the client
+    /// by value, a cheap clone: a future borrowing it would have to be
+    /// `Send` for every lifetime, which async closures cannot promise.)
+    pub async fn send_as<F>(
+        &self,
+        registry: &str,
+        access: Access<'_>,
+        what: &str,
+        build: impl Fn(Client) -> F,
+    ) -> Result<Response, TransportError>
+    where
+        F: Future<Output = Result<RequestBuilder, TransportError>>,
+    {
         let client = self.client(registry)?;
-        let scope = pull_scope(repository);
+        let repository = access.repository();
+        let scope = scope_key(&access.scopes());
         let mut creds: Option<Option<Basic>> = None;
         let mut retried = false;
         loop {
-            let mut request = build(&client);
+            let mut request = build(client.clone()).await?;
             match self.auth.scheme(registry) {
                 Some(Scheme::Basic) => {
                     if let Some(basic) = self.creds(&mut creds, registry, repository).await {
@@ -223,7 +245,7 @@ impl Http {
                                 registry,
                                 &realm,
                                 service.as_deref(),
-                                &scope,
+                                access,
                                 basic,
                             )
                             .await?
@@ -268,11 +290,15 @@ impl Http {
                 );
             } else if challenges.iter().any(|c| c.scheme == "basic") {
                 if self.creds(&mut creds, registry, repository).await.is_none() {
+                    let account = match access {
+                        Access::Pull(_) => String::new(),
+                        _ => format!(" with an account that may push to {repository}"),
+                    };
                     return Err(TransportError::new(
                         ErrorKind::PermissionDenied,
                         format!(
                             "registry {registry} requires a login for {what}; \
-                             run `distctl login {registry}`"
+                             run `distctl login {registry}`{account}"
                         ),
                     ));
                 }
@@ -418,11 +444,14 @@ impl Http {
         registry: &str,
         realm: &str,
         service: Option<&str>,
-        scope: &str,
+        access: Access<'_>,
         basic: Option<Basic>,
     ) -> Result<String, TransportError> {
+        let scopes = access.scopes();
+        let scope = scope_key(&scopes);
         let what = format!("a token for {scope}");
-        let mut query = vec![("scope", scope)];
+        // One `scope` parameter per scope, as Docker's token servers expect.
+        let mut query: Vec<(&str, &str)> = scopes.iter().map(|s| ("scope", s.as_str())).collect();
         if let Some(service) = service {
             query.push(("service", service));
         }
@@ -437,7 +466,10 @@ impl Http {
         let status = response.status();
         let body = read_small(response, registry, &what).await?;
         if !status.is_success() {
-            return Err(status_error(status, registry, &what, &body));
+            return Err(match access {
+                Access::Pull(_) => status_error(status, registry, &what, &body),
+                _ => push_status_error(status, registry, access.repository(), &what, &body),
+            });
         }
         let (token, lifetime) = serde_json::from_slice::<TokenResponse>(&body)
             .ok()
@@ -451,7 +483,7 @@ impl Http {
                 )
             })?;
         self.auth
-            .set_token(registry, scope, token.clone(), lifetime);
+            .set_token(registry, &scope, token.clone(), lifetime);
         Ok(token)
     }
 }

@@ -76,6 +76,41 @@ pub fn status_error(status: StatusCode, registry: &str, what: &str, body: &[u8])
     TransportError::new(kind, message)
 }
 
+/// The error for an unsuccessful `status` answering `what`, a push to
+/// `repository` at `registry` (e.g. `the upload of blob sha256:… to host/repo`):
+/// like [`status_error`], but saying that pushing needs an account that may
+/// push, and that 413 calls for smaller chunks.
+pub fn push_status_error(
+    status: StatusCode,
+    registry: &str,
+    repository: &str,
+    what: &str,
+    body: &[u8],
+) -> TransportError {
+    let detail = registry_errors(body).map_or_else(String::new, |e| format!(" ({e})"));
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => TransportError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "registry {registry} refused {what}: {status}{detail}; run `distctl login \
+                 {registry}` with an account that may push to {repository}"
+            ),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => TransportError::new(
+            ErrorKind::FailedPrecondition,
+            format!(
+                "registry {registry} (or a proxy in front of it) refused {what} as too large: \
+                 {status}{detail}; lower `[push] chunk_size` in distd's config"
+            ),
+        ),
+        s if s.is_server_error() => TransportError::new(
+            ErrorKind::Unavailable,
+            format!("registry {registry} failed {what}: {status}{detail}"),
+        ),
+        _ => status_error(status, registry, what, body),
+    }
+}
+
 /// Whether `error` (or one of its causes) is a TLS or certificate failure.
 /// Goes by the causes' messages: reqwest does not export rustls' error type.
 fn is_tls(error: &reqwest::Error) -> bool {
@@ -181,6 +216,23 @@ mod tests {
             ErrorKind::InvalidArgument
         );
         assert_eq!(registry_errors(b"{}"), None);
+        let e = push_status_error(StatusCode::FORBIDDEN, "r", "a/b", "the upload", b"");
+        assert_eq!(e.kind, ErrorKind::PermissionDenied);
+        assert!(
+            e.message
+                .contains("distctl login r` with an account that may push to a/b"),
+            "{}",
+            e.message
+        );
+        let e = push_status_error(StatusCode::PAYLOAD_TOO_LARGE, "r", "a", "x", b"");
+        assert!(e.message.contains("[push] chunk_size"), "{}", e.message);
+        let e = push_status_error(StatusCode::SERVICE_UNAVAILABLE, "r", "a", "the upload", b"");
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(e.message.contains("registry r failed the upload"));
+        assert_eq!(
+            push_status_error(StatusCode::NOT_FOUND, "r", "a", "x", b"").kind,
+            ErrorKind::NotFound
+        );
         assert_eq!(registry_errors(br#"{"errors":[]}"#), None);
     }
 }

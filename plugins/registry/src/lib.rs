@@ -4,7 +4,9 @@
 //! and blobs from any offset (`Range`, with a fallback for servers that
 //! ignore it), and authenticates anonymously, with Basic auth or with bearer
 //! tokens, taking credentials from [`RegistryOptions`], Docker's
-//! `config.json` and podman's `auth.json`.
+//! `config.json` and podman's `auth.json`. Pushes blobs (in one `PUT`, or in
+//! resumable chunks of [`RegistryOptions::push_chunk_size`]) and manifests,
+//! and mounts blobs across repositories.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -14,23 +16,28 @@ mod client;
 pub mod credentials;
 mod errors;
 mod login;
+mod manifest_push;
 pub mod options;
+mod push;
 mod range;
 mod tls;
+mod upload;
 
+use bytes::Bytes;
 use distd_sdk::digest::{Algorithm, Digest, Hasher};
 use distd_sdk::error::ErrorKind;
 use distd_sdk::media::{self, ContentClass, MAX_MANIFEST_BYTES};
 use distd_sdk::reference::Reference;
 use distd_sdk::transport::{
-    ByteStream, Capabilities, Description, Descriptor, Locator, Transport, TransportError,
+    BlobSource, ByteStream, Capabilities, Description, Descriptor, Locator, MountOutcome,
+    PushProgress, Transport, TransportError, UploadSession,
 };
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Response, StatusCode};
 use tokio_stream::StreamExt as _;
 
 pub use credentials::{Basic, Credentials};
-pub use options::{RegistryConfig, RegistryOptions};
+pub use options::{DEFAULT_PUSH_CHUNK_SIZE, RegistryConfig, RegistryOptions};
 
 use client::{Http, read_small};
 use errors::{request_error, status_error};
@@ -57,6 +64,8 @@ pub fn manifest_accept() -> String {
 /// The registry transport.
 pub struct RegistryTransport {
     http: Http,
+    /// Blobs larger than this are pushed in chunks of this size.
+    chunk_size: u64,
 }
 
 impl RegistryTransport {
@@ -73,6 +82,7 @@ impl RegistryTransport {
         credentials: Credentials,
     ) -> Result<RegistryTransport, TransportError> {
         Ok(RegistryTransport {
+            chunk_size: options.chunk_size(),
             http: Http::new(options, credentials)?,
         })
     }
@@ -203,8 +213,8 @@ impl Transport for RegistryTransport {
                 resolve: true,
                 fetch: true,
                 ranged_fetch: true,
-                push: false,
-                mount: false,
+                push: true,
+                mount: true,
             },
         }
     }
@@ -405,6 +415,45 @@ impl Transport for RegistryTransport {
                     ),
                 )
             })
+    }
+
+    async fn mount(
+        &self,
+        locator: &Locator,
+        blob: &Descriptor,
+        from: &str,
+    ) -> Result<MountOutcome, TransportError> {
+        push::mount(&self.http, locator, blob, from).await
+    }
+
+    async fn push_blob(
+        &self,
+        locator: &Locator,
+        blob: &Descriptor,
+        source: &dyn BlobSource,
+        resume: Option<UploadSession>,
+        progress: &dyn PushProgress,
+    ) -> Result<u64, TransportError> {
+        push::push_blob(
+            &self.http,
+            self.chunk_size,
+            locator,
+            blob,
+            source,
+            resume,
+            progress,
+        )
+        .await
+    }
+
+    async fn push_manifest(
+        &self,
+        locator: &Locator,
+        reference: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<(), TransportError> {
+        manifest_push::push_manifest(&self.http, locator, reference, media_type, bytes).await
     }
 }
 

@@ -46,7 +46,17 @@ pub struct RegistryOptions {
     /// holds `*.crt` CA certificates and `NAME.cert` + `NAME.key` client
     /// certificates. Searched in order, then [`DEFAULT_CERTS_DIRS`].
     pub certs_dirs: Vec<PathBuf>,
+    /// Blobs larger than this many bytes are pushed in chunks of this size
+    /// (one `PATCH` each, so an interrupted push resumes from the last
+    /// acknowledged chunk); smaller ones in one `PUT`. 0 means
+    /// [`DEFAULT_PUSH_CHUNK_SIZE`]. Lower it for registries, or proxies in
+    /// front of them, that refuse large requests (413 Payload Too Large).
+    pub push_chunk_size: u64,
 }
+
+/// The push chunk size when [`RegistryOptions::push_chunk_size`] is 0:
+/// 16 MiB.
+pub const DEFAULT_PUSH_CHUNK_SIZE: u64 = 16 * 1024 * 1024;
 
 /// Where Docker and podman keep per-registry certificates; always searched
 /// after [`RegistryOptions::certs_dirs`].
@@ -56,6 +66,15 @@ impl RegistryOptions {
     /// The settings of `registry`, defaults when it has none.
     pub fn config(&self, registry: &str) -> RegistryConfig {
         self.registries.get(registry).cloned().unwrap_or_default()
+    }
+
+    /// The push chunk size in force: [`RegistryOptions::push_chunk_size`],
+    /// or [`DEFAULT_PUSH_CHUNK_SIZE`] when that is 0.
+    pub fn chunk_size(&self) -> u64 {
+        match self.push_chunk_size {
+            0 => DEFAULT_PUSH_CHUNK_SIZE,
+            n => n,
+        }
     }
 
     /// The certs directories of `registry` that exist, in search order.
@@ -132,6 +151,16 @@ mod tests {
         ] {
             assert!(!is_loopback(no), "{no} is not loopback");
         }
+    }
+
+    #[test]
+    fn chunk_size_defaults_to_sixteen_mib() {
+        assert_eq!(RegistryOptions::default().chunk_size(), 16 * 1024 * 1024);
+        let small = RegistryOptions {
+            push_chunk_size: 4096,
+            ..RegistryOptions::default()
+        };
+        assert_eq!(small.chunk_size(), 4096);
     }
 
     #[test]

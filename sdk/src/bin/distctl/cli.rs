@@ -30,6 +30,11 @@ pub enum Command {
     Version,
     /// Pull an image from its registry into the store.
     Pull(PullArgs),
+    /// Push a local image to its registry (or to another name with --from).
+    Push(PushArgs),
+    /// Copy an image from one registry to another through the store,
+    /// keeping every digest.
+    Copy(CopyArgs),
     /// Show an image at its registry (manifest, config, size) without pulling it.
     Inspect(InspectArgs),
     /// Check credentials against a registry and keep them for distd's pulls
@@ -78,6 +83,31 @@ pub struct PullArgs {
     /// Pull every platform of a multi-platform image.
     #[arg(long)]
     pub all_platforms: bool,
+}
+
+/// `push` arguments.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Where to push, `registry/repository:tag`.
+    pub reference: String,
+    /// The local image to push [default: the one named REFERENCE].
+    #[arg(long, value_name = "LOCAL_NAME")]
+    pub from: Option<String>,
+    /// Push only this platform of a multi-platform image, `os/arch[/variant]`.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+}
+
+/// `copy` arguments.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Image to copy, e.g. `host:5000/app:1.0`.
+    pub source: String,
+    /// Where to copy it, `registry/repository:tag`.
+    pub destination: String,
+    /// Copy only this platform, `os/arch[/variant]` [default: every platform].
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
 }
 
 /// `inspect` arguments.

@@ -16,11 +16,11 @@ mod images;
 mod import;
 mod layout;
 mod output;
-mod pull;
 mod registry;
 mod source;
 mod store;
 mod tarwrite;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -61,7 +61,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         .map_err(|e| explain::explain(e, "connecting", &[]))?;
     match cli.command {
         Command::Version => store::version(&client, out).await?,
-        Command::Pull(args) => pull::run(&client, out, args).await?,
+        Command::Pull(args) => transfer::pull(&client, out, args).await?,
+        Command::Push(args) => transfer::push(&client, out, args).await?,
+        Command::Copy(args) => transfer::copy(&client, out, args).await?,
         Command::Inspect(args) => registry::inspect(&client, out, args).await?,
         Command::Login(args) => registry::login(&client, out, args).await?,
         Command::Logout { registry } => registry::logout(&client, out, registry).await?,

@@ -1,7 +1,7 @@
-//! `distctl pull`: asks distd to pull an image and shows the pull's events —
-//! a bar per blob and a total on a terminal (stderr), plain lines on stdout
-//! otherwise, one JSON object per event with `--json`. Errors stay one line
-//! on stderr.
+//! `distctl pull`, `push` and `copy`: ask distd to move an image and show
+//! the transfer's events — a bar per blob and a total on a terminal
+//! (stderr), plain lines on stdout otherwise, one JSON object per event with
+//! `--json`. Errors stay one line on stderr.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -9,10 +9,10 @@ use std::io::IsTerminal;
 use distd_sdk::proto::distd::v1 as pb;
 use distd_sdk::{Client, ClientError};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pb::pull_event::Event;
+use pb::transfer_event::Event;
 use serde_json::json;
 
-use crate::cli::PullArgs;
+use crate::cli::{CopyArgs, PullArgs, PushArgs};
 use crate::explain::explain_remote;
 use crate::output::{self, Output};
 
@@ -30,21 +30,97 @@ enum View {
 }
 
 /// Runs `distctl pull`.
-pub async fn run(client: &Client, out: Output, args: PullArgs) -> anyhow::Result<()> {
+pub async fn pull(client: &Client, out: Output, args: PullArgs) -> anyhow::Result<()> {
     let request = pb::PullRequest {
         reference: args.reference.clone(),
         platform: args.platform.unwrap_or_default(),
         all_platforms: args.all_platforms,
     };
     let action = format!("pulling {}", args.reference);
-    // distd's messages say what to do (log in, pick a platform, …).
-    let fail = |e: tonic::Status| explain_remote(ClientError::from(e), &action, &[]);
-    let mut events = client
+    let events = client
         .transfer()
         .pull(request)
         .await
-        .map_err(fail)?
+        .map_err(|e| explain_remote(ClientError::from(e), &action, &[]))?
         .into_inner();
+    let (name, target) = follow(out, &action, events).await?;
+    if !out.is_json() {
+        println!("{name}@{} ({})", target.digest, output::bytes(target.size));
+    }
+    Ok(())
+}
+
+/// Runs `distctl push`.
+pub async fn push(client: &Client, out: Output, args: PushArgs) -> anyhow::Result<()> {
+    let source = args.from.clone().unwrap_or_else(|| args.reference.clone());
+    let (name, target) = push_image(client, out, &source, &args.reference, args.platform).await?;
+    if !out.is_json() {
+        println!(
+            "pushed {name}@{} ({})",
+            target.digest,
+            output::bytes(target.size)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `distctl copy SRC DST`: a pull of SRC into the store, then a push of
+/// it to DST, so every digest is kept.
+pub async fn copy(client: &Client, out: Output, args: CopyArgs) -> anyhow::Result<()> {
+    let action = format!("copying {} (pulling it)", args.source);
+    let events = client
+        .transfer()
+        .pull(pb::PullRequest {
+            reference: args.source.clone(),
+            platform: args.platform.clone().unwrap_or_default(),
+            all_platforms: args.platform.is_none(),
+        })
+        .await
+        .map_err(|e| explain_remote(ClientError::from(e), &action, &[]))?
+        .into_inner();
+    let (local, _) = follow(out, &action, events).await?;
+    let (name, target) = push_image(client, out, &local, &args.destination, args.platform).await?;
+    if !out.is_json() {
+        println!(
+            "copied {} to {name}@{} ({})",
+            args.source,
+            target.digest,
+            output::bytes(target.size)
+        );
+    }
+    Ok(())
+}
+
+async fn push_image(
+    client: &Client,
+    out: Output,
+    source: &str,
+    target: &str,
+    platform: Option<String>,
+) -> anyhow::Result<(String, pb::Descriptor)> {
+    let action = format!("pushing {source} to {target}");
+    let events = client
+        .transfer()
+        .push(pb::PushRequest {
+            source: source.to_owned(),
+            target: target.to_owned(),
+            platform: platform.unwrap_or_default(),
+        })
+        .await
+        .map_err(|e| explain_remote(ClientError::from(e), &action, &[]))?
+        .into_inner();
+    follow(out, &action, events).await
+}
+
+/// Shows a transfer's events until its end; returns the name and target
+/// its `done` event names.
+async fn follow(
+    out: Output,
+    action: &str,
+    mut events: tonic::Streaming<pb::TransferEvent>,
+) -> anyhow::Result<(String, pb::Descriptor)> {
+    // distd's messages say what to do (log in, pick a platform, …).
+    let fail = |e: tonic::Status| explain_remote(ClientError::from(e), action, &[]);
     let mut view = if out.is_json() {
         View::Json
     } else if std::io::stderr().is_terminal() {
@@ -74,13 +150,10 @@ pub async fn run(client: &Client, out: Output, args: PullArgs) -> anyhow::Result
         total.finish_and_clear();
         let _ = multi.clear();
     }
-    let Some((name, target)) = done else {
-        anyhow::bail!("{action}: distd ended the pull without saying it was done");
+    let Some(done) = done else {
+        anyhow::bail!("{action}: distd ended the transfer without saying it was done");
     };
-    if !out.is_json() {
-        println!("{name}@{} ({})", target.digest, output::bytes(target.size));
-    }
-    Ok(())
+    Ok(done)
 }
 
 fn short(digest: &str) -> &str {
@@ -112,6 +185,8 @@ fn show(view: &mut View, event: &Event) {
                 b.transport,
                 output::bytes(b.transferred)
             ),
+            Event::Mounted(m) => println!("{} mounted from {}", short(&m.digest), m.from),
+            Event::Skipped(s) => println!("{} skipped: {}", short(&s.digest), s.reason),
             Event::Warning(w) => output::warn(w),
             _ => {}
         },
@@ -170,6 +245,8 @@ fn event_json(event: &Event) -> serde_json::Value {
         Event::BlobDone(b) => {
             json!({ "event": "blob_done", "digest": b.digest, "transport": b.transport, "transferred": b.transferred })
         }
+        Event::Mounted(m) => json!({ "event": "mounted", "digest": m.digest, "from": m.from }),
+        Event::Skipped(s) => json!({ "event": "skipped", "digest": s.digest, "reason": s.reason }),
         Event::Warning(w) => json!({ "event": "warning", "message": w }),
         Event::Done(d) => {
             json!({ "event": "done", "name": d.name, "target": descriptor(&d.target) })
