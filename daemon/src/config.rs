@@ -460,6 +460,21 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_parses_and_validates() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("the README has a toml block") + 8;
+        let end = start + readme[start..].find("```").expect("the block ends");
+        let config: Config = toml::from_str(&readme[start..end]).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.push.chunk_size, 16 << 20);
+        assert_eq!(
+            config.certs_dir.as_deref(),
+            Some(Path::new("/etc/distd/certs.d"))
+        );
+        assert!(config.registries.contains_key("registry.example.com:5000"));
+    }
+
+    #[test]
     fn inconsistent_watermarks_are_refused() {
         let config: Config =
             toml::from_str("[gc]\nhigh_watermark = \"10MiB\"\nlow_watermark = \"20MiB\"").unwrap();
