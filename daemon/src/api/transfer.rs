@@ -166,7 +166,7 @@ type TransferStream = Pin<Box<dyn Stream<Item = Result<pb::TransferEvent, Status
 /// Runs a transfer on a task of its own, streaming its events to the caller
 /// and its error, if any, as the stream's final status. A caller that goes
 /// away cancels it.
-fn streamed<F, Fut>(span: tracing::Span, verb: &'static str, work: F) -> TransferStream
+fn streamed<F, Fut>(span: tracing::Span, what: &'static str, work: F) -> TransferStream
 where
     F: FnOnce(Events) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Descriptor, TransferError>> + Send + 'static,
@@ -187,9 +187,9 @@ where
             let result = work(Events(events_tx)).await;
             let _ = forwarder.await;
             match result {
-                Ok(target) => tracing::info!(target = %target.digest, "{verb}"),
+                Ok(target) => tracing::info!(target = %target.digest, "{what} done"),
                 Err(error) => {
-                    tracing::warn!(error = %error, "{verb} failed");
+                    tracing::warn!(error = %error, "{what} failed");
                     let _ = out_tx.send(Err(transfer_status(error))).await;
                 }
             }
@@ -221,7 +221,7 @@ impl pb::transfer_server::Transfer for TransferService {
         let span = tracing::info_span!("pull", reference = %reference);
         Ok(Response::new(streamed(
             span,
-            "pulled",
+            "pull",
             move |events| async move { puller.pull(transport, &reference, &options, events).await },
         )))
     }
@@ -249,7 +249,7 @@ impl pb::transfer_server::Transfer for TransferService {
         let span = tracing::info_span!("push", source = %source, target = %target);
         Ok(Response::new(streamed(
             span,
-            "pushed",
+            "push",
             move |events| async move {
                 pusher
                     .push(transport, &source, &target, &options, events)

@@ -59,6 +59,35 @@ pub struct IngestStatus {
 struct Sink {
     file: File,
     hasher: Hasher,
+    /// Where the bytes whose writeback has not been started begin.
+    unflushed_from: u64,
+}
+
+/// Bytes of an ingest left dirty before their writeback is started.
+const WRITEBACK_BYTES: u64 = 8 << 20;
+
+impl Sink {
+    /// Starts (without waiting for) the writeback of the bytes written since
+    /// the last call, once there are [`WRITEBACK_BYTES`] of them, so the
+    /// disk works while the network does and the commit's fsync only has
+    /// the tail left. `POSIX_FADV_DONTNEED` on dirty pages starts their
+    /// writeback and leaves them cached (only clean pages are dropped).
+    fn start_writeback(&mut self, end: u64) {
+        let len = end.saturating_sub(self.unflushed_from);
+        if len < WRITEBACK_BYTES {
+            return;
+        }
+        let advised = rustix::fs::fadvise(
+            &self.file,
+            self.unflushed_from,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        );
+        if let Err(e) = advised {
+            tracing::debug!(error = %e, "could not start an ingest's writeback");
+        }
+        self.unflushed_from = end;
+    }
 }
 
 /// An open ingest held by one writer. Dropping it leaves the ingest on disk,
@@ -123,7 +152,12 @@ fn open_sink(path: &PathBuf, algorithm: Algorithm) -> Result<(Sink, u64)> {
         hasher.update(&buf[..n]);
         offset += n as u64;
     }
-    Ok((Sink { file, hasher }, offset))
+    let sink = Sink {
+        file,
+        hasher,
+        unflushed_from: offset,
+    };
+    Ok((sink, offset))
 }
 
 impl IngestWriter {
@@ -277,6 +311,7 @@ impl IngestWriter {
             let written = match sink.file.write_all(&data) {
                 Ok(()) => {
                     sink.hasher.update(&data);
+                    sink.start_writeback(start + data.len() as u64);
                     Ok(data.len() as u64)
                 }
                 Err(e) => {
@@ -307,6 +342,7 @@ impl IngestWriter {
                 .set_len(0)
                 .map_err(StoreError::io(format!("truncating {}", path.display())));
             sink.hasher = Hasher::new(algorithm);
+            sink.unflushed_from = 0;
             (sink, result)
         })
         .await?;
@@ -439,7 +475,7 @@ fn finish(
     algorithm: Algorithm,
     structured: bool,
 ) -> Result<(Digest, Vec<u8>)> {
-    let Sink { file, hasher } = sink;
+    let Sink { file, hasher, .. } = sink;
     file.sync_all()
         .map_err(StoreError::io(format!("syncing {}", path.display())))?;
     let digest = hasher.finish();

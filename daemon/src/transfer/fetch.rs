@@ -276,8 +276,10 @@ impl Fetcher {
     }
 }
 
-/// Bytes gathered before one write to the ingest.
-const WRITE_BATCH: usize = 1 << 20;
+/// Bytes gathered before one write to the ingest: large enough that the
+/// per-write cost (a blocking-pool hop) vanishes, small enough that eight
+/// streams with two batches each stay a few MiB.
+const WRITE_BATCH: usize = 512 << 10;
 
 /// Why a batch stopped growing.
 enum BatchEnd {
@@ -292,7 +294,8 @@ enum BatchEnd {
 /// Reads chunks until [`WRITE_BATCH`] bytes, the end or a failure; the
 /// bytes before a failure are kept, so they are written and resumed after.
 async fn read_batch(stream: &mut distd_sdk::ByteStream) -> (bytes::Bytes, BatchEnd) {
-    let mut batch = bytes::BytesMut::new();
+    // Room for a batch and the chunk that overflows it: never regrown.
+    let mut batch = bytes::BytesMut::with_capacity(WRITE_BATCH + (64 << 10));
     loop {
         match stream.next().await {
             None => return (batch.freeze(), BatchEnd::Ended),

@@ -100,6 +100,17 @@ impl BlobPusher {
                         })
                         .await;
                 }
+                // The registry no longer knows the upload (Distribution
+                // drops one whose body was cut): start a new one.
+                Err(e) if e.kind == ErrorKind::NotFound && session.is_some() => {
+                    tracing::warn!(digest = %blob.digest, error = %e, "upload session gone; starting over");
+                    self.forget_session(&blob.digest).await?;
+                    session = None;
+                    retries += 1;
+                    if retries > MAX_RETRIES {
+                        return Err(failed(e));
+                    }
+                }
                 Err(e) if permanent(&e) => return Err(failed(e)),
                 Err(e) => {
                     let progressed = latest.as_ref().is_some_and(|l| l.offset > start);

@@ -99,6 +99,9 @@ async fn push_image(
     platform: Option<String>,
 ) -> anyhow::Result<(String, pb::Descriptor)> {
     let action = format!("pushing {source} to {target}");
+    if source.is_empty() || target.is_empty() {
+        anyhow::bail!("{action}: name the image to push, e.g. registry.example.com/team/app:1.0");
+    }
     let events = client
         .transfer()
         .push(pb::PushRequest {
