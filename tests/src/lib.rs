@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod registry;
 pub mod rpc;
 pub mod token_server;
+pub mod transfer;
 
 pub use cli::{CliOutput, distctl, distctl_at};
 pub use daemon::{Daemon, DaemonOpts};

@@ -2,10 +2,15 @@
 //!
 //! [`FaultProxy`] listens on a free loopback port and pipes every connection
 //! to the registry, understanding just enough HTTP/1.1 (request heads,
-//! `Content-Length` and chunked response bodies, bodiless HEAD/1xx/204/304
+//! `Content-Length` and chunked bodies both ways, bodiless HEAD/1xx/204/304
 //! answers) to log each request with its answer and to damage traffic as its
-//! [`Fault`] says: cut connections, flip a body byte, stall, or refuse.
-//! Being on loopback, distd talks plain HTTP to it. Plain std threads: one
+//! [`Fault`] says: downloads (cut connections, flip a body byte, stall,
+//! refuse) and uploads (refuse large bodies with 413, cut connections after
+//! so many bytes up, fail every `PATCH`, hold `PATCH`es). Request bodies are
+//! streamed, never buffered whole (except a chunked one under
+//! [`Fault::RejectBodiesOver`], up to its limit). A connection that does
+//! not start with a request (a TLS handshake) is piped untouched. Being on
+//! loopback, distd talks plain HTTP to it. Plain std threads: one
 //! accepting, two per connection.
 
 use std::collections::{HashMap, VecDeque};
@@ -16,9 +21,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use self::http::{Piece, RequestParser, ResponseFramer};
+use self::http::{Piece, ResponseFramer};
 
 mod http;
+mod up;
 
 /// How long a stalled connection sleeps between looks at the fault.
 const STALL_POLL: Duration = Duration::from_millis(10);
@@ -26,7 +32,8 @@ const STALL_POLL: Duration = Duration::from_millis(10);
 const BUFFER: usize = 64 * 1024;
 
 /// What the proxy does to the traffic. Byte counts are of bytes sent
-/// downstream (registry → distd), headers included.
+/// downstream (registry → distd), headers included, unless they say
+/// upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Forward everything untouched.
@@ -48,19 +55,43 @@ pub enum Fault {
     /// every connection down and close new ones as soon as they are accepted,
     /// until the fault changes.
     RefuseAfter(u64),
+    /// Answer a request whose body (its `Content-Length`, or the total of
+    /// its chunks) exceeds this many bytes with `413 Payload Too Large` and
+    /// `Connection: close`, without forwarding any of it; read the rest of
+    /// its body, then close the connection. (Like nginx's
+    /// `client_max_body_size`.)
+    RejectBodiesOver(u64),
+    /// Shut a connection down (both ways) once it has carried this many
+    /// bytes upstream (distd → registry, heads included), even in the middle
+    /// of a request body.
+    CutUploadEvery(u64),
+    /// Answer every `PATCH` with `500 Internal Server Error` and
+    /// `Connection: close`, without forwarding it.
+    Fault500OnPatch,
+    /// Forward this many `PATCH` requests (counted from when the fault was
+    /// set), then hold every further `PATCH` before its head goes upstream.
+    /// When the fault changes, connections holding one are closed without
+    /// forwarding it: the registry never sees part of a held request.
+    HoldPatchesAfter(u64),
 }
 
-/// One request the proxy saw, with what answered it.
+/// One request the proxy saw (logged when its head arrived), with what
+/// answered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
     /// `GET`, `HEAD`, ….
     pub method: String,
     /// The request target, e.g. `/v2/test/app/blobs/sha256:…`.
     pub path: String,
-    /// The answer's status; `None` when no answer (head) went downstream.
+    /// The answer's status (the proxy's own for a request it answered);
+    /// `None` when no answer (head) went downstream: the request was held,
+    /// cut, or is still under way.
     pub status: Option<u16>,
     /// Body bytes of the answer sent downstream.
     pub body_bytes: u64,
+    /// Body bytes of the request forwarded upstream (chunk framing
+    /// excluded); 0 for a request the proxy answered itself.
+    pub request_bytes: u64,
 }
 
 impl Exchange {
@@ -76,6 +107,59 @@ impl Exchange {
     pub fn served(&self) -> bool {
         matches!(self.status, Some(200 | 206))
     }
+
+    /// The upload session a request to `/v2/<name>/blobs/uploads/<id>…`
+    /// is about: `<id>` (empty for the `POST` that opens one).
+    pub fn upload_id(&self) -> Option<&str> {
+        let (_, rest) = self.path.split_once("/blobs/uploads/")?;
+        self.path.starts_with("/v2/").then_some(())?;
+        Some(rest.split('?').next().unwrap_or_default())
+    }
+
+    /// Whether this sends blob bytes: a `PATCH` or `PUT` of an upload.
+    pub fn is_upload(&self) -> bool {
+        matches!(self.method.as_str(), "PATCH" | "PUT")
+            && self.upload_id().is_some_and(|id| !id.is_empty())
+    }
+
+    /// Whether this asks for a cross-repository mount
+    /// (`POST …/blobs/uploads/?mount=<digest>&from=<repository>`).
+    pub fn is_mount(&self) -> bool {
+        self.method == "POST" && self.upload_id().is_some() && self.query("mount").is_some()
+    }
+
+    /// The value of query parameter `name`, percent-decoded (`%3A` → `:`).
+    pub fn query(&self, name: &str) -> Option<String> {
+        let (_, query) = self.path.split_once('?')?;
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| percent_decode(value))
+        })
+    }
+}
+
+/// `text` with `%XX` escapes decoded (bytes that are not UTF-8 replaced).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The proxy's bookkeeping, under one lock.
@@ -85,6 +169,10 @@ struct State {
     base: u64,
     /// Bytes sent (or about to be) downstream, all connections.
     bytes_down: u64,
+    /// Bytes forwarded upstream, all connections.
+    bytes_up: u64,
+    /// `PATCH`es forwarded since the fault was set.
+    patches_since_fault: u64,
     exchanges: Vec<Exchange>,
     next_conn: u64,
     /// Both sockets of every open connection, to shut them down from outside.
@@ -143,7 +231,12 @@ impl Shared {
             Fault::RefuseAfter(n) => n - state.since_fault(),
             Fault::StallAfter(n) if state.since_fault() >= n => return Admit::Stall,
             Fault::StallAfter(n) => n - state.since_fault(),
-            Fault::None | Fault::FlipBodyByte { .. } => u64::MAX,
+            Fault::None
+            | Fault::FlipBodyByte { .. }
+            | Fault::RejectBodiesOver(_)
+            | Fault::CutUploadEvery(_)
+            | Fault::Fault500OnPatch
+            | Fault::HoldPatchesAfter(_) => u64::MAX,
         };
         let admitted = usize::try_from(limit).map_or(want, |limit| want.min(limit));
         state.bytes_down += admitted as u64;
@@ -169,6 +262,8 @@ impl FaultProxy {
                 fault,
                 base: 0,
                 bytes_down: 0,
+                bytes_up: 0,
+                patches_since_fault: 0,
                 exchanges: Vec::new(),
                 next_conn: 0,
                 conns: HashMap::new(),
@@ -192,17 +287,67 @@ impl FaultProxy {
         self.addr.to_string()
     }
 
-    /// Replaces the fault; byte limits count from now. Stalled connections
-    /// carry on; refused ones stay closed, but new ones are served.
+    /// Replaces the fault; byte and `PATCH` limits count from now. Stalled
+    /// connections carry on; refused ones stay closed, but new ones are
+    /// served; those holding a `PATCH` are closed.
     pub fn set_fault(&self, fault: Fault) {
         let mut state = self.shared.lock();
         state.fault = fault;
         state.base = state.bytes_down;
+        state.patches_since_fault = 0;
     }
 
     /// Bytes sent downstream so far, all connections, headers included.
     pub fn bytes_down(&self) -> u64 {
         self.shared.lock().bytes_down
+    }
+
+    /// Bytes forwarded upstream so far (distd → registry), all connections,
+    /// heads included.
+    pub fn bytes_up(&self) -> u64 {
+        self.shared.lock().bytes_up
+    }
+
+    /// Request body bytes forwarded upstream by blob uploads (`PATCH` and
+    /// `PUT` of `/v2/<name>/blobs/uploads/<id>`), in every repository.
+    pub fn upload_bytes(&self) -> u64 {
+        let state = self.shared.lock();
+        state
+            .exchanges
+            .iter()
+            .filter(|e| e.is_upload())
+            .map(|e| e.request_bytes)
+            .sum()
+    }
+
+    /// Request body bytes forwarded upstream by the uploads of `digest`:
+    /// every `PATCH` and `PUT` of the upload sessions whose closing `PUT`
+    /// names it (`?digest=`), in any repository. Bytes of a session that was
+    /// never closed are not counted (the proxy cannot tell their digest).
+    pub fn upload_bytes_of(&self, digest: &str) -> u64 {
+        let state = self.shared.lock();
+        let sessions: Vec<&str> = state
+            .exchanges
+            .iter()
+            .filter(|e| e.is_upload() && e.query("digest").as_deref() == Some(digest))
+            .filter_map(Exchange::upload_id)
+            .collect();
+        state
+            .exchanges
+            .iter()
+            .filter(|e| e.is_upload() && e.upload_id().is_some_and(|id| sessions.contains(&id)))
+            .map(|e| e.request_bytes)
+            .sum()
+    }
+
+    /// Requests seen so far for which `predicate` holds.
+    pub fn count(&self, predicate: impl Fn(&Exchange) -> bool) -> usize {
+        self.shared
+            .lock()
+            .exchanges
+            .iter()
+            .filter(|e| predicate(e))
+            .count()
     }
 
     /// Every request seen so far, in the order their heads arrived.
@@ -230,15 +375,6 @@ impl FaultProxy {
             .filter(|e| e.targets(digest))
             .map(|e| e.body_bytes)
             .sum()
-    }
-
-    fn count(&self, predicate: impl Fn(&Exchange) -> bool) -> usize {
-        self.shared
-            .lock()
-            .exchanges
-            .iter()
-            .filter(|e| predicate(e))
-            .count()
     }
 }
 
@@ -289,7 +425,7 @@ fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared
         let queue = Arc::new(Mutex::new(VecDeque::new()));
         {
             let (shared, queue) = (Arc::clone(shared), Arc::clone(&queue));
-            std::thread::spawn(move || pump_up(&shared, client, server, &queue));
+            std::thread::spawn(move || up::pump_up(&shared, client, server, &queue));
         }
         let shared = Arc::clone(shared);
         std::thread::spawn(move || {
@@ -299,41 +435,9 @@ fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared
     }
 }
 
+/// Per connection: the exchange index of each forwarded request and
+/// whether it is a HEAD, oldest first, for the responses to match up.
 type Queue = Mutex<VecDeque<(usize, bool)>>;
-
-/// distd → registry: logs each request before forwarding its bytes.
-fn pump_up(shared: &Shared, mut client: TcpStream, mut server: TcpStream, queue: &Queue) {
-    let mut parser = RequestParser::default();
-    let mut buf = vec![0u8; BUFFER];
-    loop {
-        let n = match client.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                server.shutdown(Shutdown::Write).ok();
-                return;
-            }
-            Ok(n) => n,
-        };
-        for (method, path) in parser.feed(&buf[..n]) {
-            let is_head = method == "HEAD";
-            let mut state = shared.lock();
-            state.exchanges.push(Exchange {
-                method,
-                path,
-                status: None,
-                body_bytes: 0,
-            });
-            let index = state.exchanges.len() - 1;
-            queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_back((index, is_head));
-        }
-        if server.write_all(&buf[..n]).is_err() {
-            client.shutdown(Shutdown::Both).ok();
-            return;
-        }
-    }
-}
 
 /// The response being forwarded on a connection.
 struct Current {
@@ -432,105 +536,4 @@ fn apply(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exchanges_match_blob_and_manifest_urls_of_any_repository() {
-        let exchange = |path: &str| Exchange {
-            method: "GET".into(),
-            path: path.into(),
-            status: Some(200),
-            body_bytes: 1,
-        };
-        assert!(exchange("/v2/test/app/blobs/sha256:ab").targets("sha256:ab"));
-        assert!(exchange("/v2/x/y/z/manifests/sha256:ab").targets("sha256:ab"));
-        assert!(!exchange("/v2/test/app/blobs/sha256:abc").targets("sha256:ab"));
-        assert!(!exchange("/v2/test/app/tags/sha256:ab").targets("sha256:ab"));
-    }
-
-    /// A tiny HTTP server answering each request on one connection with
-    /// `body`, for the proxy's own tests.
-    fn serve(body: Vec<u8>) -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let body = body.clone();
-                std::thread::spawn(move || {
-                    let mut parser = RequestParser::default();
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = conn.read(&mut buf) {
-                        if n == 0 {
-                            return;
-                        }
-                        for _ in parser.feed(&buf[..n]) {
-                            let head = format!(
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-                                body.len()
-                            );
-                            if conn.write_all(head.as_bytes()).is_err()
-                                || conn.write_all(&body).is_err()
-                            {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        port
-    }
-
-    /// GETs `path` through the proxy on a fresh connection; returns what
-    /// arrived before the connection ended.
-    fn get(proxy: &FaultProxy, path: &str) -> Vec<u8> {
-        let mut conn = TcpStream::connect(proxy.addr).unwrap();
-        write!(
-            conn,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        conn.shutdown(Shutdown::Write).unwrap();
-        let mut out = Vec::new();
-        conn.read_to_end(&mut out).ok();
-        out
-    }
-
-    #[test]
-    fn faults_flip_cut_refuse_and_stall() {
-        let body: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        let proxy = FaultProxy::start(serve(body.clone()), Fault::FlipBodyByte { min_body: 100 });
-        let got = get(&proxy, "/v2/a/blobs/sha256:00");
-        let flipped = &got[got.len() - body.len()..];
-        let differ: Vec<usize> = (0..body.len()).filter(|&i| flipped[i] != body[i]).collect();
-        assert_eq!(differ, vec![5_000]);
-        assert_eq!(flipped[5_000], body[5_000] ^ 0xff);
-        assert_eq!(proxy.blob_served("sha256:00"), 1);
-        assert_eq!(proxy.body_bytes("sha256:00"), 10_000);
-
-        proxy.set_fault(Fault::CutEvery(1_000));
-        assert_eq!(get(&proxy, "/x").len(), 1_000);
-        assert_eq!(get(&proxy, "/x").len(), 1_000, "new connections are served");
-
-        proxy.set_fault(Fault::RefuseAfter(1_500));
-        let before = proxy.bytes_down();
-        assert_eq!(get(&proxy, "/x").len(), 1_500);
-        assert_eq!(get(&proxy, "/x").len(), 0, "refused");
-        assert_eq!(proxy.bytes_down() - before, 1_500);
-
-        proxy.set_fault(Fault::StallAfter(500));
-        let before = proxy.bytes_down();
-        std::thread::scope(|scope| {
-            let stalled = scope.spawn(|| get(&proxy, "/x"));
-            crate::poll_until(Duration::from_secs(10), "500 bytes downstream", || {
-                (proxy.bytes_down() - before == 500).then_some(())
-            });
-            assert!(!stalled.is_finished(), "a stalled GET completed");
-            proxy.set_fault(Fault::None);
-            assert!(stalled.join().unwrap().ends_with(&body));
-        });
-        assert_eq!(proxy.blob_gets("sha256:00"), 1);
-    }
-}
+mod tests;

@@ -275,6 +275,47 @@ impl Registry {
     }
 
     fn push(&self, dir: &Path, repo_tag: &str, all: bool) {
+        let mut command = self.skopeo();
+        command.args(["copy", "--preserve-digests"]);
+        self.access_args(&mut command, "--dest-");
+        if all {
+            command.arg("--all");
+        }
+        command
+            .arg(format!("oci:{}", dir.display()))
+            .arg(format!("docker://{}/{repo_tag}", self.host()));
+        self.run(command, &format!("skopeo copy to {repo_tag}"));
+    }
+
+    /// The bytes of the manifest (or index) `repo_ref` (`repo:tag` or
+    /// `repo@digest`) as the registry serves them (`skopeo inspect --raw`).
+    pub fn raw_manifest(&self, repo_ref: &str) -> Vec<u8> {
+        let mut command = self.skopeo();
+        command.args(["inspect", "--raw"]);
+        self.access_args(&mut command, "--");
+        command.arg(format!("docker://{}/{repo_ref}", self.host()));
+        self.run(command, &format!("skopeo inspect --raw {repo_ref}"))
+    }
+
+    /// Copies the image `repo_ref` from the registry into an OCI layout at
+    /// `dir`, tagged `tag`, keeping every digest (`skopeo copy
+    /// --preserve-digests`; layers stay uncompressed).
+    pub fn pull_layout(&self, repo_ref: &str, dir: &Path, tag: &str) {
+        let mut command = self.skopeo();
+        command.args([
+            "copy",
+            "--preserve-digests",
+            "--dest-oci-accept-uncompressed-layers",
+        ]);
+        self.access_args(&mut command, "--src-");
+        command
+            .arg(format!("docker://{}/{repo_ref}", self.host()))
+            .arg(format!("oci:{}:{tag}", dir.display()));
+        self.run(command, &format!("skopeo copy from {repo_ref}"));
+    }
+
+    /// `skopeo` with an accept-anything policy and an auth file of its own.
+    fn skopeo(&self) -> Command {
         let skopeo = require_tool("skopeo", "skopeo");
         let policy = self.dir.path().join("policy.json");
         fs::write(
@@ -283,40 +324,68 @@ impl Registry {
         )
         .expect("write the skopeo policy");
         let mut command = Command::new(skopeo);
+        command.arg("--policy").arg(&policy).env(
+            "REGISTRY_AUTH_FILE",
+            self.dir.path().join("skopeo-auth.json"),
+        );
         command
-            .arg("--policy")
-            .arg(&policy)
-            .args(["copy", "--preserve-digests"])
-            .env(
-                "REGISTRY_AUTH_FILE",
-                self.dir.path().join("skopeo-auth.json"),
-            );
+    }
+
+    /// TLS and credential options of a skopeo command talking to this
+    /// registry; `prefix` is `--dest-`, `--src-` or `--`.
+    fn access_args(&self, command: &mut Command, prefix: &str) {
         if self.tls {
             command
-                .arg("--dest-tls-verify=true")
-                .arg("--dest-cert-dir")
+                .arg(format!("{prefix}tls-verify=true"))
+                .arg(format!("{prefix}cert-dir"))
                 .arg(self.dir.path().join("skopeo-certs"));
         } else {
-            command.arg("--dest-tls-verify=false");
-        }
-        if all {
-            command.arg("--all");
+            command.arg(format!("{prefix}tls-verify=false"));
         }
         if let Some((user, password)) = &self.creds {
-            command.arg(format!("--dest-creds={user}:{password}"));
+            command.arg(format!("{prefix}creds={user}:{password}"));
         }
-        command
-            .arg(format!("oci:{}", dir.display()))
-            .arg(format!("docker://{}/{repo_tag}", self.host()));
+    }
+
+    /// Runs `command`; its stdout, or a panic saying `what` failed.
+    fn run(&self, mut command: Command, what: &str) -> Vec<u8> {
         let out = command.output().expect("run skopeo");
         assert!(
             out.status.success(),
-            "skopeo copy to {repo_tag} failed: {}\n{}\nregistry log:\n{}",
+            "{what} failed: {}\n{}\nregistry log:\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
             self.log()
         );
+        out.stdout
     }
+}
+
+/// The digests of every blob under an OCI layout's `blobs/sha256/`, sorted,
+/// each checked against its bytes.
+pub fn layout_blob_digests(dir: &Path) -> Vec<String> {
+    let blobs = dir.join("blobs").join("sha256");
+    let entries = fs::read_dir(&blobs)
+        .unwrap_or_else(|e| panic!("read the layout's blobs {}: {e}", blobs.display()));
+    let mut out: Vec<String> = entries
+        .map(|entry| {
+            let path = entry.expect("a layout blob").path();
+            let name = format!(
+                "sha256:{}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            );
+            let bytes = fs::read(&path).expect("read a layout blob");
+            assert_eq!(
+                crate::data::sha256(&bytes),
+                name,
+                "blob {} does not match its name",
+                path.display()
+            );
+            name
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 impl Drop for Registry {

@@ -3,21 +3,8 @@
 use distd_tests::oci::Image;
 use distd_tests::registry::{MultiArch, Registry};
 use distd_tests::rpc;
+use distd_tests::transfer::{of_kind, parse_events};
 use distd_tests::{Daemon, DaemonOpts, MIB, args, distctl};
-
-/// The events `distctl --json pull` printed, one JSON object per line.
-fn parse_events(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .map(|line| {
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"))
-        })
-        .collect()
-}
-
-fn of_kind<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
-    events.iter().filter(|e| e["event"] == kind).collect()
-}
 
 /// A pull stores the manifest, config and every layer with their digests,
 /// names the image last, and a second pull moves nothing.

@@ -2,46 +2,23 @@
 //! (Distribution 2.8): cut connections, lying bodies, a daemon killed
 //! mid-pull, concurrent pulls sharing layers, and a failed pull's leftovers.
 
+use distd_tests::transfer::{of_kind, parse_events, proxy_for};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use distd_tests::cli::distctl_command;
 use distd_tests::oci::{self, Image};
-use distd_tests::proxy::{Fault, FaultProxy};
+use distd_tests::proxy::Fault;
 use distd_tests::registry::Registry;
 use distd_tests::rpc::{self, expect_code};
 use distd_tests::{Daemon, DaemonOpts, MIB, args, distctl, poll_until};
 use tonic::Code;
-
-/// The events `distctl --json pull` printed, one JSON object per line.
-fn parse_events(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .map(|line| {
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"))
-        })
-        .collect()
-}
-
-fn of_kind<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
-    events.iter().filter(|e| e["event"] == kind).collect()
-}
 
 /// Pushes `image` to `registry` as `repo_tag`.
 fn push(registry: &Registry, image: &Image, repo_tag: &str) {
     let layout = tempfile::tempdir().expect("a layout directory");
     image.write_layout(layout.path(), "v1");
     registry.push_layout(layout.path(), repo_tag);
-}
-
-/// A proxy in front of `registry`.
-fn proxy_for(registry: &Registry, fault: Fault) -> FaultProxy {
-    let host = registry.host();
-    let port = host
-        .rsplit_once(':')
-        .and_then(|(_, port)| port.parse().ok())
-        .unwrap_or_else(|| panic!("no port in the registry's host {host}"));
-    FaultProxy::start(port, fault)
 }
 
 /// Runs `distctl --json pull NAME`; returns the output.

@@ -101,8 +101,9 @@ impl BlobPusher {
                         .await;
                 }
                 // The registry no longer knows the upload (Distribution
-                // drops one whose body was cut): start a new one.
-                Err(e) if e.kind == ErrorKind::NotFound && session.is_some() => {
+                // drops one whose body was cut): start a new one. Only an
+                // upload answers 404 here; the repository is made by the push.
+                Err(e) if e.kind == ErrorKind::NotFound => {
                     tracing::warn!(digest = %blob.digest, error = %e, "upload session gone; starting over");
                     self.forget_session(&blob.digest).await?;
                     session = None;

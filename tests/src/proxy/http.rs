@@ -1,6 +1,6 @@
-//! Just enough HTTP/1.1 framing for the proxy: request heads (bodies by
-//! `Content-Length` skipped), and response heads and bodies by
-//! `Content-Length`, chunked encoding, or up to the connection's end,
+//! Just enough HTTP/1.1 framing for the proxy: requests (heads, and bodies
+//! by `Content-Length` or chunked encoding), and response heads and bodies
+//! by `Content-Length`, chunked encoding, or up to the connection's end,
 //! with HEAD, 1xx, 204 and 304 answers bodiless.
 
 use std::ops::Range;
@@ -8,44 +8,284 @@ use std::ops::Range;
 /// A message head longer than this is not HTTP we understand.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// Splits a client's byte stream into requests: yields (method, target) per
-/// request head; skips `Content-Length` bodies (chunked requests are not
-/// understood: distd sends none).
-#[derive(Default)]
-pub(super) struct RequestParser {
-    head: Vec<u8>,
-    body_left: u64,
+/// How a request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// `Content-Length` bytes (0 when the head has neither header).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
 }
 
-impl RequestParser {
-    /// Feeds bytes; returns the requests whose heads ended in them.
-    pub(super) fn feed(&mut self, mut data: &[u8]) -> Vec<(String, String)> {
+/// A complete request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RequestHead {
+    /// `GET`, `PATCH`, ….
+    pub(super) method: String,
+    /// The request target.
+    pub(super) path: String,
+    /// The head's bytes, up to and including the blank line.
+    pub(super) bytes: Vec<u8>,
+    /// How its body is delimited.
+    pub(super) framing: Framing,
+}
+
+/// A part of the bytes fed to a [`RequestFramer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Part {
+    /// A request head ended (its bytes are in the head: the framer keeps a
+    /// head's bytes until it is complete).
+    Head(RequestHead),
+    /// These bytes of the fed buffer belong to the current request's body,
+    /// chunk framing included; `payload` of them are body bytes proper.
+    Body { range: Range<usize>, payload: u64 },
+    /// The current request (body included) ended.
+    End,
+    /// These bytes of the fed buffer are not HTTP (e.g. a TLS handshake,
+    /// which the registry answers with a 400 that tells distd to talk plain
+    /// HTTP): nor is anything after them on the connection.
+    Opaque(Range<usize>),
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum RequestPhase {
+    #[default]
+    Head,
+    Length {
+        left: u64,
+    },
+    Chunked,
+    /// A chunked body we could not parse: the rest of the connection.
+    UntilClose,
+    /// Not HTTP: the rest of the connection.
+    Opaque,
+}
+
+/// Splits a client's byte stream into request heads and bodies.
+#[derive(Default)]
+pub(super) struct RequestFramer {
+    phase: RequestPhase,
+    head: Vec<u8>,
+    chunked: Chunked,
+}
+
+impl RequestFramer {
+    /// Feeds bytes; returns the parts they hold, in order.
+    pub(super) fn feed(&mut self, data: &[u8]) -> Vec<Part> {
         let mut out = Vec::new();
-        while !data.is_empty() {
-            if self.body_left > 0 {
-                let skip =
-                    usize::try_from(self.body_left).map_or(data.len(), |l| l.min(data.len()));
-                self.body_left -= skip as u64;
-                data = &data[skip..];
-                continue;
-            }
-            self.head.push(data[0]);
-            data = &data[1..];
-            if self.head.ends_with(b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.head).into_owned();
-                self.head.clear();
-                let mut words = head.split_ascii_whitespace();
-                let method = words.next().unwrap_or_default().to_owned();
-                let path = words.next().unwrap_or_default().to_owned();
-                self.body_left = header(&head, "content-length")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                out.push((method, path));
-            } else if self.head.len() > MAX_HEAD {
-                self.head.clear();
+        let mut i = 0;
+        while i < data.len() {
+            match self.phase {
+                RequestPhase::Head if self.head.is_empty() && !starts_request(data[i]) => {
+                    self.phase = RequestPhase::Opaque;
+                }
+                RequestPhase::Opaque => {
+                    out.push(Part::Opaque(i..data.len()));
+                    i = data.len();
+                }
+                RequestPhase::Head => {
+                    self.head.push(data[i]);
+                    i += 1;
+                    if self.head.ends_with(b"\r\n\r\n") {
+                        let head = self.end_head();
+                        out.push(Part::Head(head));
+                        if self.phase == RequestPhase::Head {
+                            out.push(Part::End);
+                        }
+                    } else if self.head.len() > MAX_HEAD {
+                        self.head.clear();
+                    }
+                }
+                RequestPhase::Length { left } => {
+                    let take =
+                        usize::try_from(left).map_or(data.len() - i, |l| l.min(data.len() - i));
+                    out.push(Part::Body {
+                        range: i..i + take,
+                        payload: take as u64,
+                    });
+                    i += take;
+                    let left = left - take as u64;
+                    if left == 0 {
+                        out.push(Part::End);
+                        self.phase = RequestPhase::Head;
+                    } else {
+                        self.phase = RequestPhase::Length { left };
+                    }
+                }
+                RequestPhase::Chunked => {
+                    let start = i;
+                    let mut payload = 0;
+                    while i < data.len() && !self.chunked.ended() {
+                        if let Some(range) = self.chunked.step(data, &mut i) {
+                            payload += range.len() as u64;
+                        }
+                    }
+                    out.push(Part::Body {
+                        range: start..i,
+                        payload,
+                    });
+                    match self.chunked.phase {
+                        ChunkPhase::Done => {
+                            out.push(Part::End);
+                            self.phase = RequestPhase::Head;
+                        }
+                        ChunkPhase::Bad => self.phase = RequestPhase::UntilClose,
+                        _ => {}
+                    }
+                }
+                RequestPhase::UntilClose => {
+                    out.push(Part::Body {
+                        range: i..data.len(),
+                        payload: (data.len() - i) as u64,
+                    });
+                    i = data.len();
+                }
             }
         }
         out
+    }
+
+    /// Parses the head being read; sets the body's phase.
+    fn end_head(&mut self) -> RequestHead {
+        let bytes = std::mem::take(&mut self.head);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let mut words = text.split_ascii_whitespace();
+        let method = words.next().unwrap_or_default().to_owned();
+        let path = words.next().unwrap_or_default().to_owned();
+        let chunked = header(&text, "transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let framing = if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Length(
+                header(&text, "content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )
+        };
+        self.phase = match framing {
+            Framing::Length(0) => RequestPhase::Head,
+            Framing::Length(left) => RequestPhase::Length { left },
+            Framing::Chunked => {
+                self.chunked = Chunked::default();
+                RequestPhase::Chunked
+            }
+        };
+        RequestHead {
+            method,
+            path,
+            bytes,
+            framing,
+        }
+    }
+}
+
+/// Whether `byte` may start a request: a method's first letter, or the CRLF
+/// a client may send between requests.
+fn starts_request(byte: u8) -> bool {
+    byte.is_ascii_uppercase() || byte == b'\r' || byte == b'\n'
+}
+
+/// Splits a client's byte stream into requests: yields (method, target) per
+/// request head, skipping bodies (by `Content-Length` or chunked).
+#[cfg(test)]
+#[derive(Default)]
+pub(super) struct RequestParser {
+    framer: RequestFramer,
+}
+
+#[cfg(test)]
+impl RequestParser {
+    /// Feeds bytes; returns the requests whose heads ended in them.
+    pub(super) fn feed(&mut self, data: &[u8]) -> Vec<(String, String)> {
+        self.framer
+            .feed(data)
+            .into_iter()
+            .filter_map(|part| match part {
+                Part::Head(head) => Some((head.method, head.path)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkPhase {
+    /// Reading a chunk-size line.
+    #[default]
+    Size,
+    Data {
+        left: u64,
+    },
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+    /// The last chunk and trailers were read.
+    Done,
+    /// A chunk-size line that is not one.
+    Bad,
+}
+
+/// Decodes one chunked body (RFC 9112 §7.1) fed in pieces.
+#[derive(Default)]
+struct Chunked {
+    phase: ChunkPhase,
+    /// The chunk-size line, chunk end or trailers being read.
+    line: Vec<u8>,
+}
+
+impl Chunked {
+    /// Whether the body ended (well or badly): `step` takes no more bytes.
+    fn ended(&self) -> bool {
+        matches!(self.phase, ChunkPhase::Done | ChunkPhase::Bad)
+    }
+
+    /// Consumes bytes of `data` from `*i` (at least one, unless ended);
+    /// returns the range of chunk data among them, if any.
+    fn step(&mut self, data: &[u8], i: &mut usize) -> Option<Range<usize>> {
+        match self.phase {
+            ChunkPhase::Data { left } => {
+                let take =
+                    usize::try_from(left).map_or(data.len() - *i, |l| l.min(data.len() - *i));
+                let range = *i..*i + take;
+                *i += take;
+                let left = left - take as u64;
+                self.phase = if left == 0 {
+                    ChunkPhase::DataEnd
+                } else {
+                    ChunkPhase::Data { left }
+                };
+                return Some(range);
+            }
+            ChunkPhase::Done | ChunkPhase::Bad => return None,
+            ChunkPhase::Size | ChunkPhase::DataEnd | ChunkPhase::Trailers => {}
+        }
+        self.line.push(data[*i]);
+        *i += 1;
+        match self.phase {
+            ChunkPhase::Size if self.line.ends_with(b"\r\n") => {
+                let line = String::from_utf8_lossy(&self.line).into_owned();
+                self.line.clear();
+                let size = line.split(';').next().unwrap_or_default().trim();
+                self.phase = match u64::from_str_radix(size, 16) {
+                    Ok(0) => ChunkPhase::Trailers,
+                    Ok(left) => ChunkPhase::Data { left },
+                    Err(_) => ChunkPhase::Bad,
+                };
+            }
+            ChunkPhase::Size if self.line.len() > MAX_HEAD => self.phase = ChunkPhase::Bad,
+            ChunkPhase::DataEnd if self.line.len() == 2 => {
+                self.line.clear();
+                self.phase = ChunkPhase::Size;
+            }
+            ChunkPhase::Trailers if self.line == b"\r\n" || self.line.ends_with(b"\r\n\r\n") => {
+                self.line.clear();
+                self.phase = ChunkPhase::Done;
+            }
+            ChunkPhase::Trailers if self.line.len() > MAX_HEAD => self.phase = ChunkPhase::Bad,
+            _ => {}
+        }
+        None
     }
 }
 
@@ -67,12 +307,7 @@ enum Phase {
     Body {
         left: u64,
     },
-    ChunkSize,
-    ChunkData {
-        left: u64,
-    },
-    ChunkEnd,
-    Trailers,
+    Chunked,
     UntilClose,
 }
 
@@ -80,8 +315,10 @@ enum Phase {
 #[derive(Default)]
 pub(super) struct ResponseFramer {
     phase: Phase,
-    /// The head, chunk-size line or trailers being read.
+    /// The head being read.
     line: Vec<u8>,
+    /// The chunked body being read.
+    chunked: Chunked,
     /// Body bytes of the current response so far.
     offset: u64,
 }
@@ -110,7 +347,7 @@ impl ResponseFramer {
                         self.phase = Phase::UntilClose;
                     }
                 }
-                Phase::Body { left } | Phase::ChunkData { left } => {
+                Phase::Body { left } => {
                     let take =
                         usize::try_from(left).map_or(data.len() - i, |l| l.min(data.len() - i));
                     out.push(Piece::Body {
@@ -120,11 +357,10 @@ impl ResponseFramer {
                     self.offset += take as u64;
                     i += take;
                     let left = left - take as u64;
-                    self.phase = match (self.phase, left) {
-                        (Phase::Body { .. }, 0) => Phase::Head,
-                        (Phase::Body { .. }, left) => Phase::Body { left },
-                        (_, 0) => Phase::ChunkEnd,
-                        (_, left) => Phase::ChunkData { left },
+                    self.phase = if left == 0 {
+                        Phase::Head
+                    } else {
+                        Phase::Body { left }
                     };
                 }
                 Phase::UntilClose => {
@@ -135,34 +371,19 @@ impl ResponseFramer {
                     self.offset += (data.len() - i) as u64;
                     i = data.len();
                 }
-                Phase::ChunkSize => {
-                    self.line.push(data[i]);
-                    i += 1;
-                    if self.line.ends_with(b"\r\n") {
-                        let line = String::from_utf8_lossy(&self.line).into_owned();
-                        self.line.clear();
-                        let size = line.split(';').next().unwrap_or_default().trim();
-                        self.phase = match u64::from_str_radix(size, 16) {
-                            Ok(0) => Phase::Trailers,
-                            Ok(left) => Phase::ChunkData { left },
-                            Err(_) => Phase::UntilClose,
-                        };
+                Phase::Chunked => {
+                    if let Some(range) = self.chunked.step(data, &mut i) {
+                        let len = range.len() as u64;
+                        out.push(Piece::Body {
+                            offset: self.offset,
+                            range,
+                        });
+                        self.offset += len;
                     }
-                }
-                Phase::ChunkEnd => {
-                    self.line.push(data[i]);
-                    i += 1;
-                    if self.line.len() == 2 {
-                        self.line.clear();
-                        self.phase = Phase::ChunkSize;
-                    }
-                }
-                Phase::Trailers => {
-                    self.line.push(data[i]);
-                    i += 1;
-                    if self.line == b"\r\n" || self.line.ends_with(b"\r\n\r\n") {
-                        self.line.clear();
-                        self.phase = Phase::Head;
+                    match self.chunked.phase {
+                        ChunkPhase::Done => self.phase = Phase::Head,
+                        ChunkPhase::Bad => self.phase = Phase::UntilClose,
+                        _ => {}
                     }
                 }
             }
@@ -193,7 +414,10 @@ impl ResponseFramer {
         let length = header(&head, "content-length").and_then(|v| v.parse::<u64>().ok());
         let (phase, body_len) = match (bodiless, chunked, length) {
             (true, _, _) | (false, false, Some(0)) => (Phase::Head, Some(0)),
-            (false, true, _) => (Phase::ChunkSize, None),
+            (false, true, _) => {
+                self.chunked = Chunked::default();
+                (Phase::Chunked, None)
+            }
             (false, false, Some(left)) => (Phase::Body { left }, Some(left)),
             (false, false, None) => (Phase::UntilClose, None),
         };
@@ -211,105 +435,4 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Feeds `data` in pieces of `step` bytes; returns heads and the body
-    /// bytes per response, reassembled from the pieces' ranges.
-    fn frame(data: &[u8], step: usize, heads: &[bool]) -> (Vec<Piece>, Vec<Vec<u8>>) {
-        let mut framer = ResponseFramer::default();
-        let mut heads = heads.iter().copied();
-        let mut out = Vec::new();
-        let mut bodies: Vec<Vec<u8>> = Vec::new();
-        for chunk in data.chunks(step) {
-            for piece in framer.feed(chunk, &mut || heads.next().unwrap_or(false)) {
-                match &piece {
-                    Piece::Head { .. } => {
-                        bodies.push(Vec::new());
-                        out.push(piece);
-                    }
-                    Piece::Body { offset, range } => {
-                        let body = bodies.last_mut().expect("a body after a head");
-                        assert_eq!(*offset as usize, body.len());
-                        body.extend_from_slice(&chunk[range.clone()]);
-                    }
-                }
-            }
-        }
-        (out, bodies)
-    }
-
-    fn head(status: u16, body_len: Option<u64>) -> Piece {
-        Piece::Head { status, body_len }
-    }
-
-    #[test]
-    fn responses_on_one_connection_are_framed_at_any_split() {
-        let stream = b"HTTP/1.1 100 Continue\r\n\r\n\
-            HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
-            HTTP/1.1 200 OK\r\nContent-Length: 9\r\nDocker-Content-Digest: x\r\n\r\n\
-            HTTP/1.1 204 No Content\r\n\r\n\
-            HTTP/1.1 206 Partial Content\r\ncontent-length: 3\r\n\r\nabc\
-            HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nwiki\r\n5\r\npedia\r\n0\r\nT: 1\r\n\r\n\
-            HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n\
-            HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}\
-            HTTP/1.1 200 OK\r\n\r\nto the end";
-        // The second response answers a HEAD: its Content-Length has no body.
-        let heads = [false, true, false, false, false, false, false, false];
-        for step in [1, 2, 3, 7, 64, stream.len()] {
-            let (pieces, bodies) = frame(stream, step, &heads);
-            assert_eq!(
-                pieces,
-                vec![
-                    head(200, Some(5)),
-                    head(200, Some(0)),
-                    head(204, Some(0)),
-                    head(206, Some(3)),
-                    head(200, None),
-                    head(304, Some(0)),
-                    head(404, Some(2)),
-                    head(200, None),
-                ],
-                "step {step}"
-            );
-            let bodies: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-            assert_eq!(
-                bodies,
-                vec![
-                    &b"hello"[..],
-                    b"",
-                    b"",
-                    b"abc",
-                    b"wikipedia",
-                    b"",
-                    b"{}",
-                    b"to the end"
-                ],
-                "step {step}"
-            );
-        }
-    }
-
-    #[test]
-    fn requests_are_logged_and_their_bodies_skipped() {
-        let stream = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n\
-            PUT /v2/a/blobs/uploads/1 HTTP/1.1\r\nContent-Length: 4\r\n\r\nGET \
-            HEAD /v2/a/manifests/v1 HTTP/1.1\r\n\r\n";
-        for step in [1, 5, stream.len()] {
-            let mut parser = RequestParser::default();
-            let seen: Vec<(String, String)> =
-                stream.chunks(step).flat_map(|c| parser.feed(c)).collect();
-            let seen: Vec<(&str, &str)> =
-                seen.iter().map(|(m, p)| (m.as_str(), p.as_str())).collect();
-            assert_eq!(
-                seen,
-                vec![
-                    ("GET", "/v2/"),
-                    ("PUT", "/v2/a/blobs/uploads/1"),
-                    ("HEAD", "/v2/a/manifests/v1")
-                ],
-                "step {step}"
-            );
-        }
-    }
-}
+mod tests;
