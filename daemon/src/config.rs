@@ -462,7 +462,10 @@ mod tests {
     #[test]
     fn the_readme_example_parses_and_validates() {
         let readme = include_str!("../../README.md");
-        let start = readme.find("```toml\n").expect("the README has a toml block") + 8;
+        let start = readme
+            .find("```toml\n")
+            .expect("the README has a toml block")
+            + 8;
         let end = start + readme[start..].find("```").expect("the block ends");
         let config: Config = toml::from_str(&readme[start..end]).unwrap();
         config.validate().unwrap();
