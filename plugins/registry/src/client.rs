@@ -17,6 +17,10 @@ use crate::errors::{is_tls_refusal, push_status_error, request_error, status_err
 use crate::options::{RegistryOptions, schemes};
 use crate::tls::{TlsFiles, read_pem, unusable};
 
+/// How long the HTTPS probe of a registry that may speak plain HTTP waits:
+/// such registries are on this host or the local network.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Largest token-server or error body read into memory.
 const MAX_SMALL_BODY: usize = 1024 * 1024;
 
@@ -92,7 +96,12 @@ impl Http {
         }
         let client = self.client(registry)?;
         let what = "its API root /v2/";
-        let https = match client.get(format!("https://{host}/v2/")).send().await {
+        let https = match client
+            .get(format!("https://{host}/v2/"))
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await
+        {
             Ok(_) => return Ok(self.found_scheme(registry, "https", host)),
             Err(e) => e,
         };
