@@ -24,6 +24,9 @@
 #   LOAD_MAX, since other builds on the machine skew the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+script=pull.sh
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 runs=${RUNS:-3}
 layer_mib=${LAYER_MIB:-128}   # smaller for a quick check of the script itself
@@ -41,106 +44,21 @@ APT_TOOLS=(
     "containerd:containerd"           # containerd and ctr
     "ctr:containerd"
 )
-missing=()
-for entry in "${APT_TOOLS[@]}"; do
-    command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry#*:}")
-done
-if ((${#missing[@]})); then
-    echo "pull.sh: installing ${missing[*]}" >&2
-    sudo=""
-    if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
-    $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends \
-        $(printf '%s\n' "${missing[@]}" | sort -u)
-fi
+install_tools
 
 cargo build --release --quiet --bin distd --bin distctl
 bin=$PWD/target/release
 
 # ---- work directory (same disk as the stores, never tmpfs) ------------------
-mkdir -p "$parent"
-fstype=$(df --output=fstype "$parent" | tail -1)
-if [[ $fstype == tmpfs || $fstype == ramfs ]]; then
-    echo "pull.sh: $parent is $fstype; give a directory on a disk" >&2
-    exit 1
-fi
-work=$(mktemp -d "$parent/distd-pull.XXXXXX")
-pids=()   # processes this script started and has not stopped yet
-stop() { # $1 = pid
-    kill "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-    local p kept=()
-    for p in "${pids[@]:-}"; do [[ -n $p && $p != "$1" ]] && kept+=("$p"); done
-    pids=("${kept[@]:-}")
-}
-cleanup() {
-    local p
-    for p in "${pids[@]:-}"; do [[ -n $p ]] && stop "$p"; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+make_workdir "$parent" distd-pull
 
-now() { date +%s.%N; }
-secs() { echo "$2 - $1" | bc -l | xargs printf '%.2f'; }
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
-load1() { cut -d' ' -f1 /proc/loadavg; }
-wait_until() { # $1 = what, $2.. = command; polls for 20 s
-    local what=$1; shift
-    for _ in $(seq 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "pull.sh: $what did not come up; see $work" >&2
-    exit 1
-}
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        [[ -z $(ss -Hltn "sport = :$port") ]] && echo "$port" && return
-    done
-}
 
-src_dev=$(df --output=source "$work" | tail -1)
-echo "== machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r)"
-echo "== work dir $work: $fstype on $src_dev ($(df -h --output=avail "$work" | tail -1 | tr -d ' ') free)"
-df -h /tmp /work "$work" | sed 's/^/   /'
+describe_machine
 echo "== $(containerd --version | cut -d' ' -f3-), $(skopeo --version), docker-registry $(dpkg-query -W -f '${Version}' docker-registry 2>/dev/null || echo '?')"
 
 # ---- 1. the image: 8 x 128 MiB random layers as an OCI layout --------------
 layout=$work/layout
-mkdir -p "$layout/blobs/sha256"
-add_blob() { # moves file $1 into the layout; prints its hex digest
-    local hex
-    hex=$(sha256sum "$1" | cut -d' ' -f1)
-    mv "$1" "$layout/blobs/sha256/$hex"
-    echo "$hex"
-}
-case $(uname -m) in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
-layers=()
-layer_descs=()
-for i in $(seq 8); do
-    head -c "${layer_mib}M" /dev/urandom > "$layout/new"
-    hex=$(add_blob "$layout/new")
-    layers+=("$layout/blobs/sha256/$hex")
-    layer_descs+=("$(jq -cn --arg d "sha256:$hex" --argjson s $((layer_mib << 20)) \
-        '{mediaType: "application/vnd.oci.image.layer.v1.tar", digest: $d, size: $s}')")
-done
-layer_json=$(printf '%s\n' "${layer_descs[@]}" | jq -cs .)
-jq -cn --arg arch "$arch" --argjson layers "$layer_json" \
-    '{architecture: $arch, os: "linux", config: {},
-      rootfs: {type: "layers", diff_ids: [$layers[].digest]}}' > "$layout/new"
-config_size=$(stat -c %s "$layout/new")
-config_hex=$(add_blob "$layout/new")
-jq -cn --arg c "sha256:$config_hex" --argjson cs "$config_size" --argjson layers "$layer_json" \
-    '{schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
-      config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $c, size: $cs},
-      layers: $layers}' > "$layout/new"
-manifest_size=$(stat -c %s "$layout/new")
-manifest_hex=$(add_blob "$layout/new")
-jq -cn --arg m "sha256:$manifest_hex" --argjson ms "$manifest_size" \
-    '{schemaVersion: 2, manifests: [{mediaType: "application/vnd.oci.image.manifest.v1+json",
-      digest: $m, size: $ms, annotations: {"org.opencontainers.image.ref.name": "1"}}]}' \
-    > "$layout/index.json"
-echo '{"imageLayoutVersion":"1.0.0"}' > "$layout/oci-layout"
-echo "== image: 8 x $layer_mib MiB layers (application/vnd.oci.image.layer.v1.tar), manifest sha256:${manifest_hex:0:12}"
+make_layout "$layer_mib"
 
 # ---- 2. the registry, and the push --------------------------------------------
 port=$(free_port)
