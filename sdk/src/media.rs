@@ -41,6 +41,13 @@ pub enum ContentClass {
     Opaque,
 }
 
+/// Whether a layer of `media_type` is non-distributable ("foreign"): its
+/// bytes live elsewhere and licences may forbid redistributing them, so
+/// registries usually do not serve it and pulls and pushes skip it.
+pub fn is_non_distributable(media_type: &str) -> bool {
+    media_type.contains("nondistributable") || media_type.contains(".foreign.")
+}
+
 /// Classifies a media type.
 pub fn classify(media_type: &str) -> ContentClass {
     match media_type {
@@ -154,6 +161,17 @@ mod tests {
 
     const CONFIG: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const LAYER: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn oci_and_docker_foreign_layers_are_non_distributable() {
+        assert!(is_non_distributable(
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        ));
+        assert!(is_non_distributable(
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        ));
+        assert!(!is_non_distributable(OCI_LAYER_GZIP));
+    }
 
     fn manifest(layer_digest: &str) -> String {
         format!(

@@ -308,7 +308,7 @@ impl Puller {
         let manifests = match media::classify(&target.media_type) {
             ContentClass::Manifest => vec![target.clone()],
             ContentClass::Index => {
-                let index = self.read_small(&target).await?;
+                let index = read_small(&self.store, &target).await?;
                 let wanted = match (&options.platform, options.all_platforms) {
                     (_, true) => None,
                     (Some(platform), false) => Some(platform.clone()),
@@ -352,7 +352,7 @@ impl Puller {
         let mut blobs = Vec::new();
         for manifest in &manifests {
             fetcher.fetch(manifest).await?;
-            let bytes = self.read_small(manifest).await?;
+            let bytes = read_small(&self.store, manifest).await?;
             let children = media::children(&manifest.media_type, &bytes).map_err(|e| {
                 TransferError::BadManifest {
                     reference: name.clone(),
@@ -360,8 +360,7 @@ impl Puller {
                 }
             })?;
             for child in children {
-                let foreign = child.media_type.contains("nondistributable")
-                    || child.media_type.contains("foreign");
+                let foreign = media::is_non_distributable(&child.media_type);
                 if foreign && !options.include_foreign {
                     fetcher
                         .events
@@ -423,22 +422,6 @@ impl Puller {
         Ok(())
     }
 
-    /// Reads a manifest or index from the store (bounded).
-    async fn read_small(&self, blob: &Descriptor) -> Result<Vec<u8>, TransferError> {
-        if blob.size > media::MAX_MANIFEST_BYTES {
-            return Err(TransferError::BadManifest {
-                reference: blob.digest.to_string(),
-                detail: format!("a {} of {} bytes is too large", blob.media_type, blob.size),
-            });
-        }
-        let mut chunks = self.store.read(&blob.digest, 0, 0).await?;
-        let mut bytes = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
-        while let Some(chunk) = chunks.recv().await {
-            bytes.extend_from_slice(&chunk?.1);
-        }
-        Ok(bytes)
-    }
-
     async fn record_image(&self, name: &str, target: &Descriptor) -> Result<(), StoreError> {
         let now = now_ms();
         let row = ImageRow {
@@ -456,6 +439,23 @@ impl Puller {
             .run(move |conn| meta::images::upsert(conn, &row))
             .await
     }
+}
+
+/// Reads a manifest or index from the store, refusing one larger than
+/// [`media::MAX_MANIFEST_BYTES`].
+async fn read_small(store: &Store, blob: &Descriptor) -> Result<Vec<u8>, TransferError> {
+    if blob.size > media::MAX_MANIFEST_BYTES {
+        return Err(TransferError::BadManifest {
+            reference: blob.digest.to_string(),
+            detail: format!("a {} of {} bytes is too large", blob.media_type, blob.size),
+        });
+    }
+    let mut chunks = store.read(&blob.digest, 0, 0).await?;
+    let mut bytes = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
+    while let Some(chunk) = chunks.recv().await {
+        bytes.extend_from_slice(&chunk?.1);
+    }
+    Ok(bytes)
 }
 
 /// Remembers that `locator` holds these blobs, so a push to another

@@ -239,8 +239,7 @@ impl Pusher {
                 if !seen.insert(child.digest.clone()) {
                     continue;
                 }
-                let foreign = child.media_type.contains("nondistributable")
-                    || child.media_type.contains("foreign");
+                let foreign = media::is_non_distributable(&child.media_type);
                 if self.store.info(&child.digest).await.is_err() {
                     if foreign {
                         events
@@ -270,31 +269,20 @@ impl Pusher {
         Ok(plan)
     }
 
-    /// A manifest or index of the local image, bounded in size.
+    /// A manifest or index of the local image; NOT_FOUND says to pull or
+    /// import the image again.
     async fn read_local(&self, source: &str, blob: &Descriptor) -> Result<Vec<u8>, TransferError> {
-        if blob.size > media::MAX_MANIFEST_BYTES {
-            return Err(TransferError::BadManifest {
-                reference: source.to_owned(),
-                detail: format!("a {} of {} bytes is too large", blob.media_type, blob.size),
-            });
-        }
-        let mut chunks = match self.store.read(&blob.digest, 0, 0).await {
-            Ok(chunks) => chunks,
-            Err(e) if e.kind() == distd_sdk::ErrorKind::NotFound => {
-                return Err(TransferError::NotLocal {
+        match super::read_small(&self.store, blob).await {
+            Err(TransferError::Store(e)) if e.kind() == distd_sdk::ErrorKind::NotFound => {
+                Err(TransferError::NotLocal {
                     what: format!(
                         "{source}'s {} {} is not in the store",
                         blob.media_type, blob.digest
                     ),
                     hint: "pull or import the image again",
-                });
+                })
             }
-            Err(e) => return Err(e.into()),
-        };
-        let mut bytes = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
-        while let Some(chunk) = chunks.recv().await {
-            bytes.extend_from_slice(&chunk?.1);
+            other => other,
         }
-        Ok(bytes)
     }
 }
