@@ -379,7 +379,13 @@ impl Puller {
             }
         }
         let digests: Vec<String> = blobs.iter().map(|b| b.digest.to_string()).collect();
-        self.fetch_all(fetcher, blobs, options.concurrency).await?;
+        let shared = Arc::new(fetcher.clone());
+        // Aborted downloads leave their ingests resumable.
+        for_each_blob(blobs, options.concurrency, move |blob| {
+            let fetcher = Arc::clone(&shared);
+            async move { fetcher.fetch(&blob).await }
+        })
+        .await?;
         record_sources(&self.store, &fetcher.locator, digests).await?;
         self.record_image(&name, &target).await?;
         fetcher
@@ -390,36 +396,6 @@ impl Puller {
             })
             .await?;
         Ok(target)
-    }
-
-    /// Fetches `blobs`, `concurrency` at a time; the first failure wins.
-    async fn fetch_all(
-        &self,
-        fetcher: &Fetcher,
-        blobs: Vec<Descriptor>,
-        concurrency: usize,
-    ) -> Result<(), TransferError> {
-        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-        let fetcher = Arc::new(fetcher.clone());
-        let mut tasks = tokio::task::JoinSet::new();
-        for blob in blobs {
-            let permits = Arc::clone(&permits);
-            let fetcher = Arc::clone(&fetcher);
-            tasks.spawn(async move {
-                let _permit = permits
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| TransferError::Cancelled)?;
-                fetcher.fetch(&blob).await
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            let outcome = joined.map_err(|e| StoreError::Task(e.to_string()))?;
-            // Dropping the set on return aborts the other downloads; their
-            // ingests stay resumable.
-            outcome?;
-        }
-        Ok(())
     }
 
     async fn record_image(&self, name: &str, target: &Descriptor) -> Result<(), StoreError> {
@@ -439,6 +415,37 @@ impl Puller {
             .run(move |conn| meta::images::upsert(conn, &row))
             .await
     }
+}
+
+/// Runs `work` on every blob, `concurrency` at a time, each on a task of
+/// its own; the first failure wins and aborts the others (pulls keep their
+/// ingests and pushes their upload sessions, so nothing is lost).
+async fn for_each_blob<F, Fut>(
+    blobs: Vec<Descriptor>,
+    concurrency: usize,
+    work: F,
+) -> Result<(), TransferError>
+where
+    F: Fn(Descriptor) -> Fut,
+    Fut: Future<Output = Result<(), TransferError>> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for blob in blobs {
+        let permits = Arc::clone(&permits);
+        let job = work(blob);
+        tasks.spawn(async move {
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|_| TransferError::Cancelled)?;
+            job.await
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| StoreError::Task(e.to_string()))??;
+    }
+    Ok(())
 }
 
 /// Reads a manifest or index from the store, refusing one larger than

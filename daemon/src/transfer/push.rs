@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use distd_sdk::media::{self, ContentClass};
 use distd_sdk::{Descriptor, Digest, Locator, Reference, Transport};
-use tokio::sync::Semaphore;
 
 use super::platform::{self, Platform};
 use super::push_blob::BlobPusher;
@@ -94,25 +93,12 @@ impl Pusher {
             locator: locator.clone(),
             events: events.clone(),
         });
-        let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
-        for blob in &plan.blobs {
-            let blob = blob.clone();
-            let permits = Arc::clone(&permits);
+        // Aborted uploads keep their sessions; the next push continues them.
+        super::for_each_blob(plan.blobs.clone(), options.concurrency, move |blob| {
             let pusher = Arc::clone(&pusher);
-            tasks.spawn(async move {
-                let _permit = permits
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| TransferError::Cancelled)?;
-                pusher.push(&blob).await
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            // Dropping the set on return aborts the other uploads; their
-            // sessions are saved, so the next push continues them.
-            joined.map_err(|e| StoreError::Task(e.to_string()))??;
-        }
+            async move { pusher.push(&blob).await }
+        })
+        .await?;
         let registry = locator.registry.clone();
         let count = plan.manifests.len();
         for (i, (manifest, bytes)) in plan.manifests.into_iter().enumerate() {

@@ -272,13 +272,7 @@ impl Http {
                 return Ok(response);
             }
             retried = true;
-            let challenges: Vec<_> = response
-                .headers()
-                .get_all(WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(parse_challenges)
-                .collect();
+            let challenges = challenges_of(&response);
             if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
                 let Some(realm) = bearer.param("realm") else {
                     return Err(TransportError::new(
@@ -354,13 +348,7 @@ impl Http {
                 )),
             };
         }
-        let challenges: Vec<_> = response
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(parse_challenges)
-            .collect();
+        let challenges = challenges_of(&response);
         let answer = if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
             let realm = bearer.param("realm").ok_or_else(|| {
                 TransportError::new(
@@ -495,6 +483,18 @@ impl Http {
             .set_token(registry, &scope, token.clone(), lifetime);
         Ok(token)
     }
+}
+
+/// The authentication challenges of a 401 answer, from every
+/// `WWW-Authenticate` header.
+fn challenges_of(response: &Response) -> Vec<crate::auth::Challenge> {
+    response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(parse_challenges)
+        .collect()
 }
 
 /// Reads a body of at most [`MAX_SMALL_BODY`] bytes (more is cut off).
