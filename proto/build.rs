@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "distd/v1/leases.proto",
         "distd/v1/store.proto",
         "distd/v1/transfer.proto",
+        "distd/v1/plugins.proto",
+        "distd/transport/v1/transport.proto",
     ];
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod routing;
+
+pub use routing::{PluginConfig, REGISTRY_TRANSPORT, RouteConfig, valid_plugin_name};
+
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -31,6 +35,14 @@ pub enum ConfigError {
     Invalid {
         /// The offending key, dotted.
         key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An entry of a list (`[[plugin]]`, `[[route]]`) is wrong.
+    #[error("config key `{key}`: {message}")]
+    InvalidEntry {
+        /// The offending key with the entry's position, e.g. `route[1].match`.
+        key: String,
         /// What is wrong with it.
         message: String,
     },
@@ -79,6 +91,13 @@ pub struct Config {
     /// (`docker.io`, `registry.example.com:5000`).
     #[serde(default)]
     pub registries: std::collections::HashMap<String, RegistrySettings>,
+    /// External transports (`[[plugin]]`).
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginConfig>,
+    /// Which transports serve which registries (`[[route]]`), first match
+    /// wins; registries no route matches use `["registry"]`.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
 }
 
 /// `[registries."host:port"]`.
@@ -114,6 +133,11 @@ pub struct TransferConfig {
     /// Also fetch non-distributable ("foreign") layers, which registries
     /// usually do not serve and licences may forbid redistributing.
     pub include_foreign_layers: bool,
+    /// A transport that sends no byte of a blob for this long is given up
+    /// for that blob, and the next transport of the route continues it from
+    /// the bytes already stored.
+    #[serde(with = "humantime_serde_lite")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for TransferConfig {
@@ -122,6 +146,7 @@ impl Default for TransferConfig {
             concurrency: crate::transfer::DEFAULT_CONCURRENCY,
             pull_lease_ttl: crate::transfer::DEFAULT_PULL_LEASE_TTL,
             include_foreign_layers: false,
+            stall_timeout: crate::transfer::DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -366,6 +391,12 @@ impl Config {
                 message: format!("must be between 1 and {MAX_CONCURRENCY}"),
             });
         }
+        if self.transfer.stall_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "transfer.stall_timeout",
+                message: "must be longer than zero".into(),
+            });
+        }
         if self.transfer.pull_lease_ttl.is_zero() {
             return Err(ConfigError::Invalid {
                 key: "transfer.pull_lease_ttl",
@@ -380,7 +411,7 @@ impl Config {
                 });
             }
         }
-        Ok(())
+        routing::validate(&self.plugins, &self.routes)
     }
 
     /// The registry transport's settings; `config_file` is where this

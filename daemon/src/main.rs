@@ -12,6 +12,7 @@ mod error;
 mod failpoint;
 mod gc;
 mod meta;
+mod plugins;
 mod server;
 mod store;
 mod transfer;
@@ -130,10 +131,21 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = tokio::spawn(server::wait_for_signal(stop_tx));
-    let transport = distd_plugin_registry::RegistryTransport::new(
-        config.registry_options(args.config.as_deref()),
-    )
-    .map_err(|e| anyhow::anyhow!("cannot set up the registry transport: {e}"))?;
+    let registry = Arc::new(
+        distd_plugin_registry::RegistryTransport::new(
+            config.registry_options(args.config.as_deref()),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot set up the registry transport: {e}"))?,
+    );
+    // Plugins the daemon starts listen beside its own socket.
+    let exec_dir = socket
+        .parent()
+        .map_or_else(|| PathBuf::from("plugins"), |dir| dir.join("plugins"));
+    let table = plugins::Plugins::new(registry.clone(), exec_dir);
+    table
+        .add_configured(&config.plugins)
+        .context("adding the [[plugin]] entries")?;
+    let router = plugins::Router::new(config.routes.clone(), table.clone());
     let pulls = transfer::PullDefaults::from(&config.transfer);
     let pushes = transfer::PushOptions {
         concurrency: config.push.concurrency,
@@ -141,7 +153,8 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
     };
     let serving = api::serve(
         store.clone(),
-        Arc::new(transport),
+        registry,
+        router,
         pulls,
         pushes,
         listener,
@@ -159,6 +172,7 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
         }
     };
     signals.abort();
+    table.shutdown().await;
     // Let collected files finish unlinking; whatever is left, startup removes.
     let _ = tokio::time::timeout(server::SHUTDOWN_GRACE, store.settled()).await;
     if let Err(e) = std::fs::remove_file(&socket) {

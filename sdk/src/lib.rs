@@ -6,6 +6,8 @@
 //!   [`ErrorKind`] (one class per gRPC code), [`media`] types and manifest
 //!   reference parsing.
 //! - [`paths`]: where the daemon's socket and store live by default.
+//! - [`plugin`]: [`plugin::serve`] a [`Transport`] as a transport plugin, and
+//!   [`RemoteTransport`] to use one.
 //!
 //! The `distctl` binary (feature `cli`) is the client's first user.
 
@@ -13,10 +15,13 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod conformance;
 pub mod digest;
 pub mod error;
+pub mod glob;
 pub mod media;
 pub mod paths;
+pub mod plugin;
 pub mod reference;
 pub mod transport;
 
@@ -24,8 +29,9 @@ pub use client::{Client, ClientError};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use distd_proto as proto;
 pub use error::ErrorKind;
+pub use plugin::{PluginError, RemoteTransport};
 pub use reference::{Reference, ReferenceError};
 pub use transport::{
-    BlobSource, ByteStream, Descriptor, Locator, MountOutcome, PushProgress, Transport,
-    TransportError, UploadSession,
+    BlobSource, ByteStream, Capabilities, Description, Descriptor, Locator, MountOutcome,
+    PushProgress, Transport, TransportError, UploadSession,
 };

@@ -69,12 +69,29 @@ pub struct Capabilities {
 }
 
 /// A transport's name and abilities.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Description {
     /// Short name used in configuration and events, e.g. `registry`.
     pub name: String,
+    /// The implementation's version, free-form (shown by `distctl plugins ls`).
+    pub version: String,
     /// What it can do.
     pub capabilities: Capabilities,
+    /// Registries, or `host/repository` globs (`*` matches any run of
+    /// characters), that the transport serves; empty means any. A transport
+    /// that can `resolve` is asked for tags only on these.
+    pub registries: Vec<String>,
+}
+
+impl Description {
+    /// Whether the transport serves `locator` (see [`Description::registries`]).
+    pub fn serves(&self, locator: &Locator) -> bool {
+        self.registries.is_empty()
+            || self
+                .registries
+                .iter()
+                .any(|pattern| crate::glob::matches_locator(pattern, locator))
+    }
 }
 
 /// Why a transport operation failed.
@@ -151,13 +168,21 @@ pub trait Transport: Send + Sync {
     /// Name and capabilities.
     fn describe(&self) -> Description;
 
+    /// Whether the transport can serve now (its backend reachable); the
+    /// error says why not. Routes skip an unhealthy transport.
+    async fn health(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     /// Resolves `reference` (a tag, or a digest to check) to the descriptor
     /// of its manifest or index. `NotFound` when the registry has no such
     /// reference.
     async fn resolve(&self, reference: &Reference) -> Result<Descriptor, TransportError>;
 
-    /// Streams `descriptor`'s bytes from `offset`. The bytes are not
-    /// verified here: the daemon hashes everything it stores.
+    /// Streams `descriptor`'s bytes from `offset`: an empty stream when
+    /// `offset` is the size, `OutOfRange` past it, `NotFound` when absent.
+    /// The bytes are not verified here: the daemon hashes everything it
+    /// stores (see [`crate::conformance`] for the whole contract).
     async fn fetch(
         &self,
         locator: &Locator,

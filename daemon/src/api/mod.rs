@@ -6,6 +6,7 @@ mod content;
 mod convert;
 mod images;
 mod leases;
+mod plugins;
 mod status;
 mod store;
 mod transfer;
@@ -33,6 +34,7 @@ pub const FLOW_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 pub async fn serve(
     store: Store,
     registry: Arc<distd_plugin_registry::RegistryTransport>,
+    router: crate::plugins::Router,
     pulls: crate::transfer::PullDefaults,
     pushes: crate::transfer::PushOptions,
     listener: UnixListener,
@@ -62,10 +64,14 @@ pub async fn serve(
             transfer::TransferService::new(
                 Puller::new(store.clone(), pulls.lease_ttl),
                 crate::transfer::Pusher::new(store.clone()),
+                router.clone(),
                 registry,
                 pulls,
                 pushes,
             ),
+        ))
+        .add_service(pb::plugins_server::PluginsServer::new(
+            plugins::PluginsService::new(router.plugins().clone()),
         ))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await

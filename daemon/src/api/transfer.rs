@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use distd_proto::distd::v1 as pb;
-use distd_sdk::{Descriptor, Reference, Transport};
+use distd_sdk::{Descriptor, Locator, Reference};
 use pb::transfer_event::Event as Kind;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::convert::signed;
+use crate::plugins::Router;
 use crate::transfer::inspect::inspect;
 use crate::transfer::platform::Platform;
 use crate::transfer::{
@@ -20,23 +21,26 @@ use crate::transfer::{
 };
 use distd_plugin_registry::RegistryTransport;
 
-/// Serves `Transfer` with one puller and the transport it pulls through.
+/// Serves `Transfer` with one puller and pusher, and the router that picks
+/// their transports.
 pub struct TransferService {
     puller: Puller,
     pusher: Pusher,
     push_defaults: PushOptions,
-    /// Pulls and inspections go through the trait…
-    transport: Arc<dyn Transport>,
+    /// Pulls, pushes and inspections go through the routed transports…
+    router: Router,
     /// …logins are the registry transport's own business.
     registry: Arc<RegistryTransport>,
     defaults: PullDefaults,
 }
 
 impl TransferService {
-    /// A service pulling through `registry` with the daemon's `defaults`.
+    /// A service routing transfers through `router` with the daemon's
+    /// `defaults`; logins go to `registry`.
     pub fn new(
         puller: Puller,
         pusher: Pusher,
+        router: Router,
         registry: Arc<RegistryTransport>,
         defaults: PullDefaults,
         push_defaults: PushOptions,
@@ -45,7 +49,7 @@ impl TransferService {
             puller,
             pusher,
             push_defaults,
-            transport: registry.clone(),
+            router,
             registry,
             defaults,
         }
@@ -145,9 +149,17 @@ fn to_api(event: Event) -> pb::TransferEvent {
             reason: reason.to_owned(),
         }),
         Event::Warning(message) => Kind::Warning(message),
-        Event::Done { name, target } => Kind::Done(pb::transfer_event::Done {
+        Event::Done {
+            name,
+            target,
+            bytes_by_transport,
+        } => Kind::Done(pb::transfer_event::Done {
             name,
             target: Some(descriptor(target)),
+            bytes_by_transport: bytes_by_transport
+                .into_iter()
+                .map(|(transport, bytes)| (transport, signed(bytes)))
+                .collect(),
         }),
     };
     pb::TransferEvent { event: Some(kind) }
@@ -217,12 +229,15 @@ impl pb::transfer_server::Transfer for TransferService {
             ..self.defaults.options()
         };
         let puller = self.puller.clone();
-        let transport = Arc::clone(&self.transport);
+        let router = self.router.clone();
         let span = tracing::info_span!("pull", reference = %reference);
         Ok(Response::new(streamed(
             span,
             "pull",
-            move |events| async move { puller.pull(transport, &reference, &options, events).await },
+            move |events| async move {
+                let route = router.route(&Locator::of(&reference)).await?;
+                puller.pull(route, &reference, &options, events).await
+            },
         )))
     }
 
@@ -244,13 +259,15 @@ impl pb::transfer_server::Transfer for TransferService {
             ..self.push_defaults.clone()
         };
         let pusher = self.pusher.clone();
-        let transport = Arc::clone(&self.transport);
+        let router = self.router.clone();
         let source = request.source;
         let span = tracing::info_span!("push", source = %source, target = %target);
         Ok(Response::new(streamed(
             span,
             "push",
             move |events| async move {
+                let route = router.route(&Locator::of(&target)).await?;
+                let transport = route.pusher()?.transport;
                 pusher
                     .push(transport, &source, &target, &options, events)
                     .await
@@ -265,7 +282,12 @@ impl pb::transfer_server::Transfer for TransferService {
         let request = request.into_inner();
         let reference = parse_reference(&request.reference)?;
         let platform = parse_platform(&request.platform)?;
-        let found = inspect(self.transport.as_ref(), &reference, platform)
+        let route = self
+            .router
+            .route(&Locator::of(&reference))
+            .await
+            .map_err(transfer_status)?;
+        let found = inspect(&route, &reference, platform)
             .instrument(tracing::info_span!("inspect", reference = %reference))
             .await
             .map_err(transfer_status)?;

@@ -70,6 +70,17 @@ pub enum TransferError {
         /// What to do.
         hint: &'static str,
     },
+    /// No transport of the route can do what is needed.
+    #[error("no transport can serve {locator}: {detail}")]
+    NoTransport {
+        /// Unavailable when transports are missing or unhealthy,
+        /// FailedPrecondition when the route cannot do it at all.
+        kind: ErrorKind,
+        /// The repository.
+        locator: String,
+        /// Which transports were tried or left out, and what to do.
+        detail: String,
+    },
     /// The caller went away.
     #[error("the pull was cancelled")]
     Cancelled,
@@ -95,6 +106,7 @@ impl TransferError {
             TransferError::BadManifest { .. } => ErrorKind::InvalidArgument,
             TransferError::Unsupported { .. } => ErrorKind::FailedPrecondition,
             TransferError::NotLocal { .. } => ErrorKind::NotFound,
+            TransferError::NoTransport { kind, .. } => *kind,
             TransferError::Cancelled => ErrorKind::Cancelled,
         }
     }

@@ -17,9 +17,13 @@ use super::*;
 use crate::store::StoreOptions;
 
 /// Serves blobs from memory. `cut_after` cuts each blob's first stream after
-/// that many bytes; `corrupt` flips a byte of every stream of that digest.
+/// that many bytes; `corrupt` flips a byte of every stream of that digest;
+/// `stall_after` sends that many bytes of every stream, then nothing.
 #[derive(Default)]
 pub struct Fake {
+    pub name: Option<String>,
+    pub fetch_only: bool,
+    pub stall_after: Option<usize>,
     pub tags: HashMap<String, Descriptor>,
     pub blobs: HashMap<Digest, Bytes>,
     pub cut_after: Option<u64>,
@@ -78,13 +82,14 @@ impl Fake {
 impl Transport for Fake {
     fn describe(&self) -> Description {
         Description {
-            name: "fake".into(),
+            name: self.name.clone().unwrap_or_else(|| "fake".into()),
             capabilities: Capabilities {
-                resolve: true,
+                resolve: !self.fetch_only,
                 fetch: true,
                 ranged_fetch: true,
                 ..Default::default()
             },
+            ..Default::default()
         }
     }
 
@@ -117,6 +122,15 @@ impl Transport for Fake {
         let mut data = bytes.slice(usize::try_from(offset).unwrap()..).to_vec();
         if self.corrupt.as_ref() == Some(&blob.digest) {
             data[0] ^= 0xff;
+        }
+        if let Some(n) = self.stall_after {
+            let head = Bytes::from(data[..n.min(data.len())].to_vec());
+            self.served.fetch_add(head.len() as u64, Ordering::Relaxed);
+            let stream = tokio_stream::StreamExt::chain(
+                tokio_stream::iter([Ok(head)]),
+                tokio_stream::pending(),
+            );
+            return Ok(Box::pin(stream));
         }
         let cut = self.cut_after.filter(|_| first && data.len() > 100_000);
         let chunks: Vec<Result<Bytes, TransportError>> = match cut {
@@ -162,6 +176,28 @@ pub async fn pull(
     reference: &str,
     options: PullOptions,
 ) -> (Result<Descriptor, TransferError>, Vec<Event>) {
+    let locator = Locator::of(&Reference::parse(reference).unwrap());
+    pull_route(puller, Route::single(locator, fake), reference, options).await
+}
+
+/// Pulls through these transports, in order.
+pub fn route(reference: &str, fakes: &[Arc<Fake>]) -> Route {
+    Route {
+        locator: Locator::of(&Reference::parse(reference).unwrap()),
+        hops: fakes
+            .iter()
+            .map(|fake| Hop::uncounted(Arc::clone(fake) as Arc<dyn Transport>))
+            .collect(),
+        left_out: Vec::new(),
+    }
+}
+
+pub async fn pull_route(
+    puller: &Puller,
+    route: Route,
+    reference: &str,
+    options: PullOptions,
+) -> (Result<Descriptor, TransferError>, Vec<Event>) {
     let (tx, mut rx) = mpsc::channel(1024);
     let collector = tokio::spawn(async move {
         let mut events = Vec::new();
@@ -172,7 +208,7 @@ pub async fn pull(
     });
     let result = puller
         .pull(
-            fake,
+            route,
             &Reference::parse(reference).unwrap(),
             &options,
             Events(tx),

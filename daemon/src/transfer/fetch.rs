@@ -1,16 +1,18 @@
-//! Moving one blob from a transport into the store: resumable from the
-//! ingest's offset, retried with backoff, verified by the store's commit, and
-//! shared between pulls that need the same blob at the same time.
+//! Moving one blob from a route's transports into the store: resumable from
+//! the ingest's offset, handed over from a transport that fails or stalls to
+//! the next one at that offset, retried with backoff, verified by the store's
+//! commit, and shared between pulls that need the same blob at the same time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use distd_sdk::{Descriptor, Digest, ErrorKind, Locator, Transport};
+use distd_sdk::{Descriptor, Digest, ErrorKind, TransportError};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
 use super::error::TransferError;
+use super::route::{BytesByTransport, Hop, Route};
 use super::{Event, Events};
 use crate::error::StoreError;
 use crate::store::{IngestWriter, OpenIngest, Store};
@@ -70,16 +72,18 @@ impl Inflight {
 pub struct Fetcher {
     /// The store.
     pub store: Store,
-    /// The transport.
-    pub transport: Arc<dyn Transport>,
-    /// Where the image lives.
-    pub locator: Locator,
+    /// The transports that serve the image's repository, in order.
+    pub route: Route,
     /// The pull's lease.
     pub lease: String,
     /// Downloads shared between pulls.
     pub inflight: Inflight,
     /// Where events go.
     pub events: Events,
+    /// A transport that sends nothing for this long is given up for the blob.
+    pub stall: Duration,
+    /// Bytes each transport moved for this pull.
+    pub moved: BytesByTransport,
 }
 
 impl Fetcher {
@@ -111,12 +115,17 @@ impl Fetcher {
         }
     }
 
+    /// Downloads `blob` through the route's transports: the first one that
+    /// can; one that fails or stalls hands over to the next at the offset
+    /// the ingest holds; one whose bytes fail verification is skipped for
+    /// this blob. A full round without progress backs off before the next.
     async fn download(&self, blob: &Descriptor) -> Result<(), TransferError> {
-        let registry = self.locator.registry.clone();
-        let transport = self.transport.describe().name;
+        let hops = self.route.fetchers();
+        if hops.is_empty() {
+            return Err(self.route.none_can("fetch blobs"));
+        }
         let reference = format!("pull-{}", blob.digest);
-        let mut retries = 0u32;
-        let mut corrupt = 0u32;
+        let mut state = Attempts::new(hops.len());
         loop {
             let open = OpenIngest {
                 reference: reference.clone(),
@@ -131,115 +140,151 @@ impl Fetcher {
                 Err(e) => return Err(e.into()),
             };
             let mut offset = writer.status().offset;
-            if offset > blob.size {
+            let Some((index, from_zero)) = state.next_hop(&hops, offset) else {
+                return Err(state.exhausted(&self.route, blob));
+            };
+            if offset > blob.size || (from_zero && offset > 0) {
                 writer.write(0, bytes::Bytes::new()).await?;
                 offset = 0;
             }
+            if offset == 0 {
+                state.contributors.clear();
+            }
+            let hop = &hops[index];
             self.events
                 .send(Event::BlobStarted {
                     digest: blob.digest.clone(),
                     size: blob.size,
-                    transport: transport.clone(),
+                    transport: hop.name.clone(),
                     resume_offset: offset,
                 })
                 .await?;
-            let streamed = self.stream_into(&mut writer, blob, offset).await;
+            let streamed = self.stream_into(&mut writer, hop, blob, offset).await;
+            let moved = writer.status().offset.saturating_sub(offset);
+            if moved > 0 {
+                hop.stats.add_bytes(moved);
+                self.moved.add(&hop.name, moved);
+                state.transferred += moved;
+                if !state.contributors.contains(&index) {
+                    state.contributors.push(index);
+                }
+            }
             match streamed {
-                Ok(transferred) => match writer.commit(None, 0, "").await {
+                Ok(()) => match writer.commit(None, 0, "").await {
                     Ok(_) | Err(StoreError::BlobExists(_)) => {
                         self.events
                             .send(Event::BlobDone {
                                 digest: blob.digest.clone(),
-                                transport: transport.clone(),
-                                transferred,
+                                transport: hop.name.clone(),
+                                transferred: state.transferred,
                             })
                             .await?;
                         return Ok(());
                     }
                     Err(e) if e.kind() == ErrorKind::DataLoss => {
-                        corrupt += 1;
-                        self.events
-                            .send(Event::Warning(format!(
-                                "{transport} sent bad bytes for {}: {e}",
-                                blob.digest
-                            )))
+                        self.bad_bytes(&hops, &mut state, blob, e.to_string())
                             .await?;
-                        if corrupt >= MAX_CORRUPT_ATTEMPTS {
-                            return Err(TransferError::Corrupt {
-                                digest: blob.digest.to_string(),
-                                registry,
-                                attempts: corrupt,
-                                detail: e.to_string(),
-                            });
-                        }
                     }
                     Err(e) => return Err(e.into()),
                 },
                 Err(Failure::Overrun) => {
                     drop(writer);
                     self.store.abort(&reference).await?;
-                    corrupt += 1;
-                    if corrupt >= MAX_CORRUPT_ATTEMPTS {
-                        return Err(TransferError::Corrupt {
-                            digest: blob.digest.to_string(),
-                            registry,
-                            attempts: corrupt,
-                            detail: format!(
-                                "more than the {} bytes the descriptor declares",
-                                blob.size
-                            ),
-                        });
-                    }
+                    let detail =
+                        format!("more than the {} bytes the descriptor declares", blob.size);
+                    self.bad_bytes(&hops, &mut state, blob, detail).await?;
                 }
                 Err(Failure::Store(e)) => return Err(e.into()),
                 Err(Failure::Cancelled) => return Err(TransferError::Cancelled),
                 Err(Failure::Transport(e)) => {
-                    // Whatever arrived is in the ingest; the next try resumes.
-                    // An attempt that moved bytes restarts the count: only
-                    // failures in a row without progress give up.
-                    let progressed = writer.status().offset > offset;
                     drop(writer);
-                    let permanent = matches!(
-                        e.kind,
-                        ErrorKind::NotFound
-                            | ErrorKind::PermissionDenied
-                            | ErrorKind::InvalidArgument
-                    );
-                    if progressed {
-                        retries = 0;
+                    let at = offset + moved;
+                    if e.kind != ErrorKind::NotFound {
+                        hop.stats.add_error();
                     }
-                    retries += 1;
-                    if permanent || retries > MAX_RETRIES {
-                        return Err(TransferError::Transport {
-                            registry,
-                            source: e,
-                        });
+                    tracing::warn!(digest = %blob.digest, transport = %hop.name, at, error = %e, "fetch failed");
+                    let pause = state.failed(index, moved > 0, e);
+                    if let Some(next) = state.next_hop(&hops, at).filter(|(next, _)| *next != index)
+                    {
+                        self.events
+                            .send(Event::Warning(format!(
+                                "{} failed on {} at byte {at}: {}; continuing with {}",
+                                hop.name,
+                                blob.digest,
+                                state.last_message(),
+                                hops[next.0].name
+                            )))
+                            .await?;
                     }
-                    let pause = FIRST_BACKOFF * 2u32.pow(retries - 1);
-                    tracing::warn!(digest = %blob.digest, error = %e, retry = retries, "fetch failed; resuming");
-                    tokio::time::sleep(pause).await;
+                    match pause {
+                        Some(pause) => tokio::time::sleep(pause).await,
+                        None => return Err(state.exhausted(&self.route, blob)),
+                    }
                 }
             }
         }
     }
 
-    /// Streams the blob from `offset` into the ingest; returns bytes moved.
-    /// The network's small chunks are gathered into batches of
-    /// [`WRITE_BATCH`] bytes, and the next batch is read while the last is
-    /// hashed and written, so network and disk overlap.
+    /// Counts bad bytes against the transports that sent them and skips
+    /// them for this blob, unless no other is left; gives up after enough
+    /// whole attempts.
+    async fn bad_bytes(
+        &self,
+        hops: &[Hop],
+        state: &mut Attempts,
+        blob: &Descriptor,
+        detail: String,
+    ) -> Result<(), TransferError> {
+        state.corrupt += 1;
+        let names: Vec<&str> = state
+            .contributors
+            .iter()
+            .map(|&i| hops[i].name.as_str())
+            .collect();
+        let names = names.join(" and ");
+        for &i in &state.contributors {
+            hops[i].stats.add_bad_blob();
+        }
+        tracing::warn!(digest = %blob.digest, transports = %names, detail = %detail, "bad bytes");
+        self.events
+            .send(Event::Warning(format!(
+                "{names} sent bad bytes for {}: {detail}",
+                blob.digest
+            )))
+            .await?;
+        if state.corrupt >= MAX_CORRUPT_ATTEMPTS.max(hops.len() as u32) {
+            return Err(TransferError::Corrupt {
+                digest: blob.digest.to_string(),
+                registry: format!("{} (through {names})", self.route.locator.registry),
+                attempts: state.corrupt,
+                detail,
+            });
+        }
+        state.distrust_contributors();
+        Ok(())
+    }
+
+    /// Streams the blob from `offset` into the ingest through `hop`. The
+    /// network's small chunks are gathered into batches of [`WRITE_BATCH`]
+    /// bytes, and the next batch is read while the last is hashed and
+    /// written, so network and disk overlap. A transport silent for the
+    /// stall timeout fails the attempt.
     async fn stream_into(
         &self,
         writer: &mut IngestWriter,
+        hop: &Hop,
         blob: &Descriptor,
         offset: u64,
-    ) -> Result<u64, Failure> {
-        let mut stream = self
-            .transport
-            .fetch(&self.locator, blob, offset)
-            .await
-            .map_err(Failure::Transport)?;
+    ) -> Result<(), Failure> {
+        let opened = tokio::time::timeout(
+            self.stall,
+            hop.transport.fetch(&self.route.locator, blob, offset),
+        )
+        .await
+        .map_err(|_| Failure::Transport(stalled(self.stall)))?;
+        let mut stream = opened.map_err(Failure::Transport)?;
         let mut position = offset;
-        let (mut batch, mut end) = read_batch(&mut stream).await;
+        let (mut batch, mut end) = read_batch(&mut stream, self.stall).await;
         loop {
             let len = batch.len() as u64;
             if position + len > blob.size {
@@ -247,7 +292,7 @@ impl Fetcher {
             }
             let write = writer.write(position, batch);
             let next = if matches!(end, BatchEnd::More) {
-                let (written, next) = tokio::join!(write, read_batch(&mut stream));
+                let (written, next) = tokio::join!(write, read_batch(&mut stream, self.stall));
                 written.map_err(Failure::Store)?;
                 Some(next)
             } else {
@@ -270,8 +315,153 @@ impl Fetcher {
                     end = next_end;
                 }
                 (BatchEnd::Failed(e), _) => return Err(Failure::Transport(e)),
-                _ => return Ok(position - offset),
+                _ => return Ok(()),
             }
+        }
+    }
+}
+
+/// The error of a transport that went silent.
+fn stalled(stall: Duration) -> TransportError {
+    TransportError::new(
+        ErrorKind::Unavailable,
+        format!(
+            "stalled: no byte for {} (`[transfer] stall_timeout`)",
+            humanize(stall)
+        ),
+    )
+}
+
+fn humanize(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}
+
+/// One blob's attempts across the route's transports.
+struct Attempts {
+    /// Transports given up for this blob (they do not have it, or sent bad
+    /// bytes while others remain).
+    excluded: Vec<bool>,
+    /// Where the search for the next transport starts.
+    cursor: usize,
+    /// Failures in a row without a byte of progress.
+    retries: u32,
+    /// Whole attempts whose bytes failed verification.
+    corrupt: u32,
+    /// Transports whose bytes are in the ingest.
+    contributors: Vec<usize>,
+    /// Bytes moved for this blob, all transports.
+    transferred: u64,
+    /// The latest failure, with the transport's name.
+    last: Option<TransportError>,
+}
+
+impl Attempts {
+    fn new(hops: usize) -> Attempts {
+        Attempts {
+            excluded: vec![false; hops],
+            cursor: 0,
+            retries: 0,
+            corrupt: 0,
+            contributors: Vec::new(),
+            transferred: 0,
+            last: None,
+        }
+    }
+
+    /// The next transport to try from the cursor, and whether it must start
+    /// from zero: at an offset, only ranged transports continue, unless none
+    /// is left.
+    fn next_hop(&self, hops: &[Hop], offset: u64) -> Option<(usize, bool)> {
+        let n = hops.len();
+        let candidates = (0..n)
+            .map(|i| (self.cursor + i) % n)
+            .filter(|&i| !self.excluded[i]);
+        let mut whole = None;
+        for i in candidates {
+            if offset == 0 || hops[i].transport.describe().capabilities.ranged_fetch {
+                return Some((i, false));
+            }
+            whole.get_or_insert(i);
+        }
+        whole.map(|i| (i, true))
+    }
+
+    /// Records a failed attempt on transport `index`; returns the pause
+    /// before the next attempt, or `None` to give up.
+    fn failed(
+        &mut self,
+        index: usize,
+        progressed: bool,
+        error: TransportError,
+    ) -> Option<Duration> {
+        let permanent = matches!(
+            error.kind,
+            ErrorKind::NotFound
+                | ErrorKind::PermissionDenied
+                | ErrorKind::InvalidArgument
+                | ErrorKind::OutOfRange
+                | ErrorKind::FailedPrecondition
+        );
+        self.last = Some(error);
+        if permanent {
+            self.excluded[index] = true;
+        }
+        if progressed {
+            self.retries = 0;
+        }
+        self.retries += 1;
+        let active = self.excluded.iter().filter(|gone| !**gone).count() as u32;
+        if active == 0 || self.retries > MAX_RETRIES * active {
+            return None;
+        }
+        let n = self.excluded.len();
+        let next = index + 1;
+        self.cursor = next % n;
+        // Handing over within a round is immediate; wrapping around to the
+        // first transport again means every one failed: back off.
+        if next < n && self.excluded[next..].iter().any(|gone| !*gone) {
+            Some(Duration::ZERO)
+        } else {
+            let rounds = self.retries.div_ceil(active).min(6);
+            Some(FIRST_BACKOFF * 2u32.pow(rounds - 1))
+        }
+    }
+
+    /// Skips the transports whose bytes were bad, unless none would be left.
+    fn distrust_contributors(&mut self) {
+        let others =
+            (0..self.excluded.len()).any(|i| !self.excluded[i] && !self.contributors.contains(&i));
+        if others {
+            for &i in &self.contributors {
+                self.excluded[i] = true;
+            }
+        }
+        self.contributors.clear();
+        self.cursor = 0;
+    }
+
+    fn last_message(&self) -> String {
+        self.last
+            .as_ref()
+            .map_or_else(String::new, |e| e.message.clone())
+    }
+
+    /// The error once no transport is left to try.
+    fn exhausted(&self, route: &Route, blob: &Descriptor) -> TransferError {
+        match &self.last {
+            Some(e) => TransferError::Transport {
+                registry: route.locator.registry.clone(),
+                source: e.clone(),
+            },
+            None => TransferError::NoTransport {
+                kind: ErrorKind::Unavailable,
+                locator: route.locator.to_string(),
+                detail: format!("no transport is left to fetch {}", blob.digest),
+            },
         }
     }
 }
@@ -288,16 +478,22 @@ enum BatchEnd {
     /// The stream ended.
     Ended,
     /// The stream failed after the batch's bytes.
-    Failed(distd_sdk::TransportError),
+    Failed(TransportError),
 }
 
 /// Reads chunks until [`WRITE_BATCH`] bytes, the end or a failure; the
 /// bytes before a failure are kept, so they are written and resumed after.
-async fn read_batch(stream: &mut distd_sdk::ByteStream) -> (bytes::Bytes, BatchEnd) {
+async fn read_batch(
+    stream: &mut distd_sdk::ByteStream,
+    stall: Duration,
+) -> (bytes::Bytes, BatchEnd) {
     // Room for a batch and the chunk that overflows it: never regrown.
     let mut batch = bytes::BytesMut::with_capacity(WRITE_BATCH + (64 << 10));
     loop {
-        match stream.next().await {
+        let Ok(next) = tokio::time::timeout(stall, stream.next()).await else {
+            return (batch.freeze(), BatchEnd::Failed(stalled(stall)));
+        };
+        match next {
             None => return (batch.freeze(), BatchEnd::Ended),
             Some(Err(e)) => return (batch.freeze(), BatchEnd::Failed(e)),
             Some(Ok(chunk)) => {
@@ -312,7 +508,7 @@ async fn read_batch(stream: &mut distd_sdk::ByteStream) -> (bytes::Bytes, BatchE
 
 /// How streaming one attempt ended.
 enum Failure {
-    Transport(distd_sdk::TransportError),
+    Transport(TransportError),
     Store(StoreError),
     Overrun,
     Cancelled,

@@ -4,6 +4,8 @@
 
 use distd_sdk::media::{self, ContentClass};
 use distd_sdk::{Descriptor, Hasher, Locator, Reference, Transport};
+
+use super::route::Route;
 use tokio_stream::StreamExt;
 
 use super::TransferError;
@@ -26,28 +28,21 @@ pub struct Inspection {
     pub platforms: Vec<String>,
 }
 
-/// Resolves `reference` through `transport` and reads its manifest (for
-/// `platform`, the host's when `None`, when it is an index) and config.
+/// Resolves `reference` through the route's transports and reads its
+/// manifest (for `platform`, the host's when `None`, when it is an index)
+/// and config, each from the first transport that serves it whole.
 pub async fn inspect(
-    transport: &dyn Transport,
+    route: &Route,
     reference: &Reference,
     platform: Option<Platform>,
 ) -> Result<Inspection, TransferError> {
     let name = reference.to_string();
-    let registry = reference.registry().to_owned();
-    let locator = Locator::of(reference);
-    let target = transport
-        .resolve(reference)
-        .await
-        .map_err(|source| TransferError::Transport {
-            registry: registry.clone(),
-            source,
-        })?;
+    let (target, _) = route.resolve(reference).await?;
     let bad = |detail: String| TransferError::BadManifest {
         reference: name.clone(),
         detail,
     };
-    let top = read_document(transport, &locator, &target).await?;
+    let top = read_document(route, &target).await?;
     let (index, manifest, platforms) = match media::classify(&target.media_type) {
         ContentClass::Manifest => (None, (target.clone(), top), Vec::new()),
         ContentClass::Index => {
@@ -68,7 +63,7 @@ pub async fn inspect(
                 digest: chosen.child.digest,
                 size: chosen.child.size,
             };
-            let bytes = read_document(transport, &locator, &descriptor).await?;
+            let bytes = read_document(route, &descriptor).await?;
             (Some(top), (descriptor, bytes), platforms)
         }
         _ => {
@@ -90,7 +85,7 @@ pub async fn inspect(
         digest: config.digest,
         size: config.size,
     };
-    let config = read_document(transport, &locator, &config).await?;
+    let config = read_document(route, &config).await?;
     Ok(Inspection {
         name,
         target,
@@ -101,9 +96,25 @@ pub async fn inspect(
     })
 }
 
-/// Reads a small document (manifest, index, config) whole, refusing one
-/// larger than [`media::MAX_MANIFEST_BYTES`] or not matching its digest.
-async fn read_document(
+/// Reads a small document (manifest, index, config) whole from the first of
+/// the route's transports that serves it right.
+async fn read_document(route: &Route, blob: &Descriptor) -> Result<Vec<u8>, TransferError> {
+    let mut last = None;
+    for hop in route.fetchers() {
+        match read_from(hop.transport.as_ref(), &route.locator, blob).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) => {
+                tracing::info!(transport = %hop.name, digest = %blob.digest, error = %e, "trying the next transport");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| route.none_can("fetch blobs")))
+}
+
+/// Reads a small document whole from `transport`, refusing one larger than
+/// [`media::MAX_MANIFEST_BYTES`] or not matching its digest.
+async fn read_from(
     transport: &dyn Transport,
     locator: &Locator,
     blob: &Descriptor,

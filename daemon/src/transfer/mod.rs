@@ -10,12 +10,14 @@ pub mod inspect;
 pub mod platform;
 mod push;
 mod push_blob;
+pub mod route;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use distd_sdk::media::{self, ContentClass};
-use distd_sdk::{Descriptor, Digest, Locator, Reference, Transport};
+use distd_sdk::{Descriptor, Digest, Locator, Reference};
 use tokio::sync::{Semaphore, mpsc};
 
 pub use error::TransferError;
@@ -23,6 +25,7 @@ use fetch::Fetcher;
 pub use fetch::Inflight;
 use platform::Platform;
 pub use push::{DEFAULT_PUSH_CONCURRENCY, PushOptions, Pusher};
+pub use route::{BytesByTransport, Hop, Route, TransportStats};
 
 use crate::error::StoreError;
 use crate::meta::{self, images::ImageRow, leases::LeaseRow, now_ms};
@@ -33,6 +36,9 @@ use crate::store::Store;
 pub const DEFAULT_PULL_LEASE_TTL: Duration = Duration::from_secs(3600);
 /// Blobs fetched at once by default.
 pub const DEFAULT_CONCURRENCY: usize = 8;
+/// How long a transport may send nothing before the next one takes over,
+/// unless `[transfer] stall_timeout` says otherwise.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What happens during a pull, in order per blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +99,8 @@ pub enum Event {
         name: String,
         /// Its target.
         target: Descriptor,
+        /// Blob bytes each transport moved.
+        bytes_by_transport: BTreeMap<String, u64>,
     },
 }
 
@@ -121,6 +129,8 @@ pub struct PullOptions {
     pub concurrency: usize,
     /// Also fetch non-distributable (foreign) layers.
     pub include_foreign: bool,
+    /// A transport silent this long on a blob hands it to the next one.
+    pub stall_timeout: Duration,
 }
 
 impl Default for PullOptions {
@@ -130,6 +140,7 @@ impl Default for PullOptions {
             all_platforms: false,
             concurrency: DEFAULT_CONCURRENCY,
             include_foreign: false,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -143,6 +154,8 @@ pub struct PullDefaults {
     pub lease_ttl: Duration,
     /// Fetch non-distributable layers too.
     pub include_foreign: bool,
+    /// See [`PullOptions::stall_timeout`].
+    pub stall_timeout: Duration,
 }
 
 impl Default for PullDefaults {
@@ -151,6 +164,7 @@ impl Default for PullDefaults {
             concurrency: DEFAULT_CONCURRENCY,
             lease_ttl: DEFAULT_PULL_LEASE_TTL,
             include_foreign: false,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -161,6 +175,7 @@ impl From<&crate::config::TransferConfig> for PullDefaults {
             concurrency: config.concurrency,
             lease_ttl: config.pull_lease_ttl,
             include_foreign: config.include_foreign_layers,
+            stall_timeout: config.stall_timeout,
         }
     }
 }
@@ -171,6 +186,7 @@ impl PullDefaults {
         PullOptions {
             concurrency: self.concurrency,
             include_foreign: self.include_foreign,
+            stall_timeout: self.stall_timeout,
             ..PullOptions::default()
         }
     }
@@ -194,22 +210,29 @@ impl Puller {
         }
     }
 
-    /// Pulls `reference` through `transport`; returns the image's target.
+    /// Pulls `reference` through the transports of `route`; returns the
+    /// image's target.
     pub async fn pull(
         &self,
-        transport: Arc<dyn Transport>,
+        route: Route,
         reference: &Reference,
         options: &PullOptions,
         events: Events,
     ) -> Result<Descriptor, TransferError> {
+        for left_out in &route.left_out {
+            events
+                .send(Event::Warning(format!("not using {left_out}")))
+                .await?;
+        }
         let lease = self.create_lease().await?;
         let fetcher = Fetcher {
             store: self.store.clone(),
-            transport,
-            locator: Locator::of(reference),
+            route,
             lease: lease.clone(),
             inflight: self.inflight.clone(),
             events,
+            stall: options.stall_timeout,
+            moved: BytesByTransport::default(),
         };
         // The lease's clock runs from the pull's last sign of life: renewed
         // while the pull runs, so a long pull keeps its content, and set
@@ -289,19 +312,12 @@ impl Puller {
         options: &PullOptions,
     ) -> Result<Descriptor, TransferError> {
         let name = reference.to_string();
-        let target = fetcher
-            .transport
-            .resolve(reference)
-            .await
-            .map_err(|source| TransferError::Transport {
-                registry: reference.registry().to_owned(),
-                source,
-            })?;
+        let (target, resolver) = fetcher.route.resolve(reference).await?;
         fetcher
             .events
             .send(Event::Resolved {
                 target: target.clone(),
-                transport: fetcher.transport.describe().name,
+                transport: resolver.name,
             })
             .await?;
         fetcher.fetch(&target).await?;
@@ -386,13 +402,14 @@ impl Puller {
             async move { fetcher.fetch(&blob).await }
         })
         .await?;
-        record_sources(&self.store, &fetcher.locator, digests).await?;
+        record_sources(&self.store, &fetcher.route.locator, digests).await?;
         self.record_image(&name, &target).await?;
         fetcher
             .events
             .send(Event::Done {
                 name,
                 target: target.clone(),
+                bytes_by_transport: fetcher.moved.snapshot(),
             })
             .await?;
         Ok(target)
@@ -497,5 +514,7 @@ async fn record_sources(
 mod fake;
 #[cfg(test)]
 mod push_tests;
+#[cfg(test)]
+mod route_tests;
 #[cfg(test)]
 mod tests;

@@ -129,6 +129,7 @@ impl Pusher {
             .send(Event::Done {
                 name: target.to_string(),
                 target: root.clone(),
+                bytes_by_transport: Default::default(),
             })
             .await?;
         Ok(root)

@@ -42,6 +42,7 @@ impl Transport for FakeRegistry {
                 mount: true,
                 ..Default::default()
             },
+            ..Default::default()
         }
     }
 

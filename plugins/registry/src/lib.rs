@@ -216,6 +216,8 @@ impl Transport for RegistryTransport {
                 push: true,
                 mount: true,
             },
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            registries: Vec::new(),
         }
     }
 

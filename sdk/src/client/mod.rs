@@ -147,6 +147,11 @@ impl Client {
         pb::transfer_client::TransferClient::new(self.channel.clone())
     }
 
+    /// The raw `Plugins` service client.
+    pub fn plugins(&self) -> pb::plugins_client::PluginsClient<Channel> {
+        pb::plugins_client::PluginsClient::new(self.channel.clone())
+    }
+
     /// The raw `System` service client.
     pub fn system(&self) -> pb::system_client::SystemClient<Channel> {
         pb::system_client::SystemClient::new(self.channel.clone())

@@ -66,9 +66,34 @@ pub enum Command {
     },
     /// Show the store's disk usage.
     Df,
+    /// The transports content moves through: built-in and external plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCmd),
     /// Re-hash every blob and report missing, corrupt and orphan files
     /// (exit status 1 when there are any).
     Verify,
+}
+
+/// `plugins` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCmd {
+    /// List transports with their health, what they can do and what they
+    /// moved since the daemon started.
+    Ls,
+    /// Register an external plugin that listens on a Unix socket (until the
+    /// daemon stops; declare it with [[plugin]] in the config to keep it).
+    Add {
+        /// How routes name it, e.g. `oci-dir`.
+        name: String,
+        /// The plugin's socket (`--socket` is the daemon's).
+        #[arg(value_name = "PLUGIN_SOCKET")]
+        plugin_socket: PathBuf,
+    },
+    /// Remove an external plugin (stopping it if the daemon started it).
+    Rm {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// `pull` arguments.

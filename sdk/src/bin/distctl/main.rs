@@ -16,6 +16,7 @@ mod images;
 mod import;
 mod layout;
 mod output;
+mod plugins;
 mod registry;
 mod source;
 mod store;
@@ -74,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Lease(cmd) => store::lease(&client, out, cmd).await?,
         Command::Gc { dry_run } => store::gc(&client, out, dry_run).await?,
         Command::Df => store::df(&client, out).await?,
+        Command::Plugins(cmd) => plugins::run(&client, out, cmd).await?,
         Command::Verify => return store::verify(&client, out).await,
     }
     Ok(0)

@@ -43,17 +43,39 @@ pub async fn pull(client: &Client, out: Output, args: PullArgs) -> anyhow::Resul
         .await
         .map_err(|e| explain_remote(ClientError::from(e), &action, &[]))?
         .into_inner();
-    let (name, target) = follow(out, &action, events).await?;
+    let done = follow(out, &action, events).await?;
     if !out.is_json() {
-        println!("{name}@{} ({})", target.digest, output::bytes(target.size));
+        let target = done.target.unwrap_or_default();
+        println!(
+            "{}@{} ({})",
+            done.name,
+            target.digest,
+            output::bytes(target.size)
+        );
+        println!("{}", by_transport(&done.bytes_by_transport));
     }
     Ok(())
+}
+
+/// "12.0 MiB from oci-dir, 3.0 MiB from registry", most first.
+fn by_transport(bytes: &HashMap<String, i64>) -> String {
+    if bytes.is_empty() {
+        return "nothing transferred: every blob was in the store".to_owned();
+    }
+    let mut counts: Vec<(&String, &i64)> = bytes.iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    counts
+        .iter()
+        .map(|(transport, n)| format!("{} from {transport}", output::bytes(**n)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Runs `distctl push`.
 pub async fn push(client: &Client, out: Output, args: PushArgs) -> anyhow::Result<()> {
     let source = args.from.clone().unwrap_or_else(|| args.reference.clone());
-    let (name, target) = push_image(client, out, &source, &args.reference, args.platform).await?;
+    let done = push_image(client, out, &source, &args.reference, args.platform).await?;
+    let (name, target) = (done.name, done.target.unwrap_or_default());
     if !out.is_json() {
         println!(
             "pushed {name}@{} ({})",
@@ -78,8 +100,9 @@ pub async fn copy(client: &Client, out: Output, args: CopyArgs) -> anyhow::Resul
         .await
         .map_err(|e| explain_remote(ClientError::from(e), &action, &[]))?
         .into_inner();
-    let (local, _) = follow(out, &action, events).await?;
-    let (name, target) = push_image(client, out, &local, &args.destination, args.platform).await?;
+    let local = follow(out, &action, events).await?.name;
+    let done = push_image(client, out, &local, &args.destination, args.platform).await?;
+    let (name, target) = (done.name, done.target.unwrap_or_default());
     if !out.is_json() {
         println!(
             "copied {} to {name}@{} ({})",
@@ -97,7 +120,7 @@ async fn push_image(
     source: &str,
     target: &str,
     platform: Option<String>,
-) -> anyhow::Result<(String, pb::Descriptor)> {
+) -> anyhow::Result<pb::transfer_event::Done> {
     let action = format!("pushing {source} to {target}");
     if source.is_empty() || target.is_empty() {
         anyhow::bail!("{action}: name the image to push, e.g. registry.example.com/team/app:1.0");
@@ -115,13 +138,12 @@ async fn push_image(
     follow(out, &action, events).await
 }
 
-/// Shows a transfer's events until its end; returns the name and target
-/// its `done` event names.
+/// Shows a transfer's events until its end; returns its `done` event.
 async fn follow(
     out: Output,
     action: &str,
     mut events: tonic::Streaming<pb::TransferEvent>,
-) -> anyhow::Result<(String, pb::Descriptor)> {
+) -> anyhow::Result<pb::transfer_event::Done> {
     // distd's messages say what to do (log in, pick a platform, …).
     let fail = |e: tonic::Status| explain_remote(ClientError::from(e), action, &[]);
     let mut view = if out.is_json() {
@@ -145,7 +167,7 @@ async fn follow(
     while let Some(event) = events.message().await.map_err(fail)? {
         let Some(event) = event.event else { continue };
         if let Event::Done(d) = &event {
-            done = Some((d.name.clone(), d.target.clone().unwrap_or_default()));
+            done = Some(d.clone());
         }
         show(&mut view, &event);
     }
@@ -176,10 +198,11 @@ fn show(view: &mut View, event: &Event) {
             }
             Event::BlobStarted(b) if b.resume_offset > 0 => {
                 println!(
-                    "{} resuming at {} of {}",
+                    "{} resuming at {} of {} via {}",
                     short(&b.digest),
                     b.resume_offset,
-                    b.size
+                    b.size,
+                    b.transport
                 );
             }
             Event::BlobDone(b) => println!(
@@ -198,6 +221,16 @@ fn show(view: &mut View, event: &Event) {
             total,
             blobs,
         } => match event {
+            Event::BlobStarted(b) if blobs.contains_key(&b.digest) => {
+                // A retry, or a hand-over to the next transport: same bar.
+                if let Some((bar, seen)) = blobs.get_mut(&b.digest) {
+                    let start = u64::try_from(b.resume_offset).unwrap_or(0);
+                    let position = total.position();
+                    total.set_position((position + start).saturating_sub(*seen));
+                    *seen = start;
+                    bar.set_position(start);
+                }
+            }
             Event::BlobStarted(b) => {
                 let size = u64::try_from(b.size).unwrap_or(0);
                 let bar = multi.add(ProgressBar::new(size));
@@ -252,7 +285,7 @@ fn event_json(event: &Event) -> serde_json::Value {
         Event::Skipped(s) => json!({ "event": "skipped", "digest": s.digest, "reason": s.reason }),
         Event::Warning(w) => json!({ "event": "warning", "message": w }),
         Event::Done(d) => {
-            json!({ "event": "done", "name": d.name, "target": descriptor(&d.target) })
+            json!({ "event": "done", "name": d.name, "target": descriptor(&d.target), "bytes_by_transport": d.bytes_by_transport })
         }
     }
 }

@@ -1,0 +1,187 @@
+//! Routes of several transports: mid-blob failover at the stored offset,
+//! stalls, bad bytes skipped to the next transport, and resolution by the
+//! authoritative transports only.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::fake::*;
+use super::*;
+
+fn named(name: &str, fake: Fake) -> Fake {
+    Fake {
+        name: Some(name.into()),
+        fetch_only: true,
+        ..fake
+    }
+}
+
+fn transports_of_starts(events: &[Event], digest: &Digest) -> Vec<(String, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::BlobStarted {
+                digest: d,
+                transport,
+                resume_offset,
+                ..
+            } if d == digest => Some((transport.clone(), *resume_offset)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn bytes_by_transport(events: &[Event]) -> std::collections::BTreeMap<String, u64> {
+    match events.last() {
+        Some(Event::Done {
+            bytes_by_transport, ..
+        }) => bytes_by_transport.clone(),
+        other => panic!("the last event is not Done: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_transport_that_dies_mid_blob_hands_over_at_the_stored_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let mut origin = Fake::default();
+    let manifest = origin.image(3);
+    origin.tags.insert("1.0".into(), manifest);
+    let layer = origin
+        .blobs
+        .iter()
+        .find(|(_, b)| b.len() > 100_000)
+        .map(|(d, _)| d.clone())
+        .unwrap();
+    let mut flaky = named(
+        "flaky",
+        Fake {
+            cut_after: Some(150_000),
+            ..Fake::default()
+        },
+    );
+    flaky.blobs = origin.blobs.clone();
+    let (flaky, origin) = (Arc::new(flaky), Arc::new(origin));
+    let (result, events) = pull_route(
+        &Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL),
+        route(
+            "reg.test/app:1.0",
+            &[Arc::clone(&flaky), Arc::clone(&origin)],
+        ),
+        "reg.test/app:1.0",
+        PullOptions::default(),
+    )
+    .await;
+    result.unwrap();
+    // The registry-like origin resolved; the layer started on flaky and
+    // went on at 150 000 on the origin, which never sent its head.
+    assert!(matches!(&events[0], Event::Resolved { transport, .. } if transport == "fake"));
+    assert_eq!(
+        transports_of_starts(&events, &layer),
+        [("flaky".to_owned(), 0), ("fake".to_owned(), 150_000)]
+    );
+    assert_eq!(origin.fetches.lock().unwrap()[&layer], [150_000]);
+    let moved = bytes_by_transport(&events);
+    assert!(moved["flaky"] >= 150_000, "{moved:?}");
+    assert!(moved["fake"] > 0, "{moved:?}");
+    assert!(store.verify().await.unwrap().problems.is_empty());
+}
+
+#[tokio::test]
+async fn a_stalled_transport_is_given_up_after_the_stall_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let mut origin = Fake::default();
+    let manifest = origin.image(4);
+    origin.tags.insert("1.0".into(), manifest);
+    let mut stuck = named(
+        "stuck",
+        Fake {
+            stall_after: Some(1000),
+            ..Fake::default()
+        },
+    );
+    stuck.blobs = origin.blobs.clone();
+    let options = PullOptions {
+        stall_timeout: Duration::from_millis(300),
+        ..PullOptions::default()
+    };
+    let (result, events) = pull_route(
+        &Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL),
+        route("reg.test/app:1.0", &[Arc::new(stuck), Arc::new(origin)]),
+        "reg.test/app:1.0",
+        options,
+    )
+    .await;
+    result.unwrap();
+    let warned = events.iter().any(
+        |e| matches!(e, Event::Warning(w) if w.contains("stuck failed") && w.contains("stalled")),
+    );
+    assert!(warned, "{events:?}");
+    // Every blob of at least 1000 bytes resumed on the origin at 1000.
+    let resumed = events.iter().any(|e| {
+        matches!(e, Event::BlobStarted { transport, resume_offset: 1000, .. } if transport == "fake")
+    });
+    assert!(resumed, "{events:?}");
+}
+
+#[tokio::test]
+async fn bad_bytes_are_counted_and_the_next_transport_serves_the_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let mut origin = Fake::default();
+    let manifest = origin.image(5);
+    origin.tags.insert("1.0".into(), manifest);
+    let layer = origin
+        .blobs
+        .iter()
+        .find(|(_, b)| b.len() > 100_000)
+        .map(|(d, _)| d.clone())
+        .unwrap();
+    let mut liar = named(
+        "liar",
+        Fake {
+            corrupt: Some(layer.clone()),
+            ..Fake::default()
+        },
+    );
+    liar.blobs = origin.blobs.clone();
+    let route = route("reg.test/app:1.0", &[Arc::new(liar), Arc::new(origin)]);
+    let liar_stats = Arc::clone(&route.hops[0].stats);
+    let (result, events) = pull_route(
+        &Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL),
+        route,
+        "reg.test/app:1.0",
+        PullOptions::default(),
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(liar_stats.bad_blobs.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        transports_of_starts(&events, &layer),
+        [("liar".to_owned(), 0), ("fake".to_owned(), 0)]
+    );
+    assert!(store.info(&layer).await.is_ok());
+    assert!(store.verify().await.unwrap().problems.is_empty());
+}
+
+#[tokio::test]
+async fn only_transports_that_resolve_are_asked_for_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let mut fetch_only = named("cache", Fake::default());
+    let manifest = fetch_only.image(6);
+    // The cache knows the tag but is not authoritative: not asked.
+    fetch_only.tags.insert("1.0".into(), manifest);
+    let (result, _) = pull_route(
+        &Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL),
+        route("reg.test/app:1.0", &[Arc::new(fetch_only)]),
+        "reg.test/app:1.0",
+        PullOptions::default(),
+    )
+    .await;
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), distd_sdk::ErrorKind::FailedPrecondition);
+    assert!(err.to_string().contains("can resolve tags"), "{err}");
+}
