@@ -19,6 +19,7 @@ pub mod cli;
 pub mod daemon;
 pub mod data;
 pub mod oci;
+pub mod plugins;
 pub mod proxy;
 pub mod registry;
 pub mod rpc;

@@ -83,6 +83,8 @@ pub struct Exchange {
     pub method: String,
     /// The request target, e.g. `/v2/test/app/blobs/sha256:…`.
     pub path: String,
+    /// The request's `Range` header value (e.g. `bytes=1048576-`), if any.
+    pub range: Option<String>,
     /// The answer's status (the proxy's own for a request it answered);
     /// `None` when no answer (head) went downstream: the request was held,
     /// cut, or is still under way.
@@ -101,6 +103,18 @@ impl Exchange {
             .iter()
             .any(|kind| self.path.ends_with(&format!("{kind}{digest}")))
             && self.path.starts_with("/v2/")
+    }
+
+    /// The first byte a `Range: bytes=N-…` header asks for, if the request
+    /// has one of that form.
+    pub fn range_start(&self) -> Option<u64> {
+        let range = self.range.as_deref()?.trim();
+        let (unit, spec) = range.split_once('=')?;
+        if !unit.trim().eq_ignore_ascii_case("bytes") {
+            return None;
+        }
+        let (start, _) = spec.split_once('-')?;
+        start.trim().parse().ok()
     }
 
     /// Whether a body answered it (200 or 206).

@@ -28,6 +28,8 @@ pub(super) struct RequestHead {
     pub(super) bytes: Vec<u8>,
     /// How its body is delimited.
     pub(super) framing: Framing,
+    /// The value of its `Range` header, if any.
+    pub(super) range: Option<String>,
 }
 
 /// A part of the bytes fed to a [`RequestFramer`].
@@ -171,11 +173,13 @@ impl RequestFramer {
                 RequestPhase::Chunked
             }
         };
+        let range = header(&text, "range").map(str::to_owned);
         RequestHead {
             method,
             path,
             bytes,
             framing,
+            range,
         }
     }
 }

@@ -10,6 +10,7 @@ fn exchanges_match_blob_and_manifest_urls_of_any_repository() {
     let exchange = |path: &str| Exchange {
         method: "GET".into(),
         path: path.into(),
+        range: None,
         status: Some(200),
         body_bytes: 1,
         request_bytes: 0,
@@ -111,6 +112,7 @@ fn exchanges_tell_uploads_mounts_and_their_queries() {
     let exchange = |method: &str, path: &str| Exchange {
         method: method.into(),
         path: path.into(),
+        range: None,
         status: Some(202),
         body_bytes: 0,
         request_bytes: 0,
@@ -247,4 +249,33 @@ fn faults_flip_cut_refuse_and_stall() {
         assert!(stalled.join().unwrap().ends_with(&body));
     });
     assert_eq!(proxy.blob_gets("sha256:00"), 1);
+}
+
+#[test]
+fn exchanges_record_the_range_header_of_requests() {
+    let proxy = FaultProxy::start(serve(b"0123456789".to_vec()), Fault::None);
+    let ranged = "GET /v2/a/blobs/sha256:00 HTTP/1.1\r\nHost: x\r\nrange:  bytes=1048576-\r\n\
+                  Connection: close\r\n\r\n";
+    assert!(send(&proxy, ranged.as_bytes()).starts_with(b"HTTP/1.1 200 OK"));
+    assert!(get(&proxy, "/v2/a/blobs/sha256:00").starts_with(b"HTTP/1.1 200 OK"));
+    // Two requests on one connection: each keeps its own header.
+    let both = "GET /a HTTP/1.1\r\nHost: x\r\nRange: bytes=5-9\r\n\r\n\
+                GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    send(&proxy, both.as_bytes());
+    crate::poll_until(Duration::from_secs(10), "four requests", || {
+        (proxy.requests().len() == 4).then_some(())
+    });
+    let requests = proxy.requests();
+    let ranges: Vec<Option<&str>> = requests.iter().map(|e| e.range.as_deref()).collect();
+    assert_eq!(
+        ranges,
+        vec![Some("bytes=1048576-"), None, Some("bytes=5-9"), None]
+    );
+    let starts: Vec<Option<u64>> = requests.iter().map(Exchange::range_start).collect();
+    assert_eq!(starts, vec![Some(1_048_576), None, Some(5), None]);
+    let odd = Exchange {
+        range: Some("items=3-".into()),
+        ..requests[0].clone()
+    };
+    assert_eq!(odd.range_start(), None);
 }

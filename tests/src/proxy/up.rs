@@ -93,6 +93,7 @@ impl Up<'_> {
             state.exchanges.push(Exchange {
                 method: head.method.clone(),
                 path: head.path.clone(),
+                range: head.range.clone(),
                 status: None,
                 body_bytes: 0,
                 request_bytes: 0,
