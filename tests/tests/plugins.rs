@@ -259,6 +259,16 @@ async fn bad_bytes_from_a_plugin_are_refetched_from_the_registry_and_counted() {
         done(&events)["target"]["digest"],
         image.manifest.digest.as_str()
     );
+    // Each blob came from the liar first, then whole from the registry.
+    for blob in image.blobs() {
+        assert_eq!(
+            starts_of(&events, &blob.digest),
+            vec![("liar".to_owned(), 0), ("registry".to_owned(), 0)],
+            "{events:#?}"
+        );
+    }
+    let from_registry = done(&events)["bytes_by_transport"]["registry"].as_u64();
+    assert_eq!(from_registry, Some(image.total_bytes()), "{events:#?}");
     assert_pulled(&d, &name, &image).await;
 
     let liar = plugins::get(&d, "liar");
@@ -338,9 +348,10 @@ async fn a_plugin_without_its_socket_fails_its_route_only() {
     assert!(status.contains(utf8(&socket)), "{gone}");
 }
 
-/// `plugins add` registers a plugin the test runs on its own socket; a
-/// second add of the name fails; `plugins rm` removes it, but not the
-/// built-in registry transport.
+/// `plugins add` registers a plugin the test runs on its own socket, and
+/// the route naming it works from then on; a second add of the name fails;
+/// `plugins rm` removes it, but neither the built-in registry transport nor
+/// a plugin the config declares.
 #[test]
 fn plugins_are_added_and_removed_at_run_time() {
     let image = Image::random(601, &[50_000]);
@@ -348,13 +359,33 @@ fn plugins_are_added_and_removed_at_run_time() {
     let tmp = tempfile::tempdir().expect("a directory");
     let socket = tmp.path().join("extra.sock");
     let _extra = PluginProcess::oci_dir(&socket, layout.path());
-    let d = Daemon::start();
+    let declared = exec_plugin("kept", &argv("distd-oci-dir", &[utf8(layout.path())]));
+    let d = daemon(&(declared + &route("extra.test/*", &["extra"])));
     assert!(plugins::find(&d, "extra").is_none());
+    let before = distctl(&d, args!["pull", "extra.test/app:1.0"]);
+    assert!(
+        before.failure().contains("extra: not registered"),
+        "{}",
+        before.failure()
+    );
 
     distctl(&d, args!["plugins", "add", "extra", &socket]).success();
     let extra = plugins::wait_for(&d, "extra", "healthy", |p| p["healthy"] == true);
     assert_eq!(extra["kind"], "socket", "{extra}");
     assert_eq!(extra["socket"], utf8(&socket), "{extra}");
+    let pulled = distctl(&d, args!["pull", "extra.test/app:1.0"]);
+    assert!(
+        pulled.success().stdout.contains("from extra"),
+        "{}",
+        pulled.stdout
+    );
+
+    let kept = distctl(&d, args!["plugins", "rm", "kept"]);
+    assert!(
+        kept.failure().contains("declared in the daemon's config"),
+        "{}",
+        kept.failure()
+    );
 
     let again = distctl(&d, args!["plugins", "add", "extra", &socket]);
     let line = again.failure();

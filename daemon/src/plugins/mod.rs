@@ -24,6 +24,8 @@ use crate::transfer::{Hop, TransportStats};
 
 /// A health answer younger than this is reused by routes.
 const HEALTH_FRESH: Duration = Duration::from_secs(3);
+/// A failed health answer younger than this is reused by routes.
+const FAILURE_FRESH: Duration = Duration::from_secs(1);
 /// How long a route waits for a plugin the daemon has just (re)started.
 const STARTUP_WAIT: Duration = Duration::from_secs(10);
 
@@ -47,6 +49,11 @@ pub enum PluginsError {
     /// Built-ins stay.
     #[error("{0:?} is built in and cannot be removed")]
     BuiltIn(String),
+    /// Config entries stay.
+    #[error(
+        "{0:?} is declared in the daemon's config; remove its entry there and restart the daemon"
+    )]
+    Declared(String),
 }
 
 impl PluginsError {
@@ -58,7 +65,7 @@ impl PluginsError {
             }
             PluginsError::Exists(_) => ErrorKind::AlreadyExists,
             PluginsError::Missing(_) => ErrorKind::NotFound,
-            PluginsError::BuiltIn(_) => ErrorKind::FailedPrecondition,
+            PluginsError::BuiltIn(_) | PluginsError::Declared(_) => ErrorKind::FailedPrecondition,
         }
     }
 }
@@ -91,6 +98,9 @@ pub struct Plugin {
     pub transport: Arc<dyn Transport>,
     /// What it did since the daemon started.
     pub stats: Arc<TransportStats>,
+    /// Declared in the config (`[[plugin]]`, `[[s3]]`) rather than
+    /// registered through the API: only the config removes it.
+    pub declared: bool,
     /// The last health answer: when, and the error if unhealthy.
     health: Mutex<Option<(Instant, Result<(), String>)>>,
 }
@@ -102,6 +112,7 @@ impl Plugin {
             origin,
             transport,
             stats: Arc::default(),
+            declared: true,
             health: Mutex::new(None),
         }
     }
@@ -128,11 +139,17 @@ impl Plugin {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let Some((at, answer)) = cached
-            && at.elapsed() < HEALTH_FRESH
-            && answer.is_ok()
-        {
-            return answer;
+        // A healthy answer is reused for a few seconds, a failure for one
+        // (so that many pulls do not each wait on a dead plugin).
+        if let Some((at, answer)) = cached {
+            let fresh = if answer.is_ok() {
+                HEALTH_FRESH
+            } else {
+                FAILURE_FRESH
+            };
+            if at.elapsed() < fresh {
+                return answer;
+            }
         }
         let mut answer = self.check().await;
         if let Origin::Exec { process, .. } = &self.origin {
@@ -241,7 +258,8 @@ impl Plugins {
         if self.get(name).is_some() {
             return Err(PluginsError::Exists(name.to_owned()));
         }
-        let plugin = self.socket_plugin(name, socket)?;
+        let mut plugin = self.socket_plugin(name, socket)?;
+        plugin.declared = false;
         self.insert(plugin)
     }
 
@@ -249,9 +267,12 @@ impl Plugins {
     pub async fn unregister(&self, name: &str) -> Result<(), PluginsError> {
         let removed = {
             let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
-            match table.get(name).map(|p| &p.origin) {
+            match table.get(name) {
                 None => return Err(PluginsError::Missing(name.to_owned())),
-                Some(Origin::Builtin) => return Err(PluginsError::BuiltIn(name.to_owned())),
+                Some(p) if matches!(p.origin, Origin::Builtin) => {
+                    return Err(PluginsError::BuiltIn(name.to_owned()));
+                }
+                Some(p) if p.declared => return Err(PluginsError::Declared(name.to_owned())),
                 Some(_) => table.remove(name),
             }
         };
@@ -283,12 +304,21 @@ impl Plugins {
             .collect()
     }
 
-    /// Stops the plugins the daemon runs.
+    /// Stops the plugins the daemon runs, all at once.
     pub async fn shutdown(&self) {
-        for plugin in self.list() {
-            if let Origin::Exec { process, .. } = &plugin.origin {
-                process.stop().await;
-            }
+        let processes: Vec<Arc<Supervised>> = self
+            .list()
+            .iter()
+            .filter_map(|plugin| match &plugin.origin {
+                Origin::Exec { process, .. } => Some(Arc::clone(process)),
+                _ => None,
+            })
+            .collect();
+        for process in &processes {
+            process.request_stop();
+        }
+        for process in &processes {
+            process.stop().await;
         }
     }
 }

@@ -59,10 +59,15 @@ impl Supervised {
                 < within
     }
 
+    /// Asks the process to stop (see [`Supervised::stop`]) without waiting.
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
     /// Stops the process (SIGTERM, SIGKILL after a grace period) and its
     /// restarts, and waits for both.
     pub async fn stop(&self) {
-        let _ = self.stop.send(true);
+        self.request_stop();
         let mut ended = self.ended.clone();
         let _ = ended.wait_for(|ended| *ended).await;
     }

@@ -24,6 +24,14 @@ pub struct Fake {
     pub name: Option<String>,
     pub fetch_only: bool,
     pub stall_after: Option<usize>,
+    /// Declares no ranged fetch (sends whole blobs only).
+    pub whole_only: bool,
+    /// Fails every fetch of a large blob from an offset other than 0.
+    pub fail_ranged: bool,
+    /// Fails every fetch of a large blob at once.
+    pub fail_always: bool,
+    /// Sends ten bytes more than every blob has.
+    pub overrun: bool,
     pub tags: HashMap<String, Descriptor>,
     pub blobs: HashMap<Digest, Bytes>,
     pub cut_after: Option<u64>,
@@ -86,7 +94,7 @@ impl Transport for Fake {
             capabilities: Capabilities {
                 resolve: !self.fetch_only,
                 fetch: true,
-                ranged_fetch: true,
+                ranged_fetch: !self.whole_only,
                 ..Default::default()
             },
             ..Default::default()
@@ -119,7 +127,14 @@ impl Transport for Fake {
             .get(&blob.digest)
             .cloned()
             .ok_or_else(|| TransportError::new(ErrorKind::NotFound, "no blob"))?;
+        let large = bytes.len() > 100_000;
+        if large && (self.fail_always || (self.fail_ranged && offset > 0)) {
+            return Err(TransportError::new(ErrorKind::Unavailable, "refused"));
+        }
         let mut data = bytes.slice(usize::try_from(offset).unwrap()..).to_vec();
+        if self.overrun {
+            data.extend_from_slice(b"0123456789");
+        }
         if self.corrupt.as_ref() == Some(&blob.digest) {
             data[0] ^= 0xff;
         }

@@ -11,6 +11,7 @@ use distd_sdk::{Descriptor, Digest, ErrorKind, TransportError};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
+use super::attempts::Attempts;
 use super::error::TransferError;
 use super::route::{BytesByTransport, Hop, Route};
 use super::{Event, Events};
@@ -21,7 +22,7 @@ use crate::store::{IngestWriter, OpenIngest, Store};
 /// blob before giving up.
 pub const MAX_RETRIES: u32 = 5;
 /// First pause before a retry; doubles each time.
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Times a blob is fetched again after its bytes failed verification.
 const MAX_CORRUPT_ATTEMPTS: u32 = 2;
 
@@ -141,15 +142,13 @@ impl Fetcher {
             };
             let mut offset = writer.status().offset;
             let Some((index, from_zero)) = state.next_hop(&hops, offset) else {
-                return Err(state.exhausted(&self.route, blob));
+                return Err(state.exhausted(&self.route, &hops, blob));
             };
             if offset > blob.size || (from_zero && offset > 0) {
                 writer.write(0, bytes::Bytes::new()).await?;
                 offset = 0;
             }
-            if offset == 0 {
-                state.contributors.clear();
-            }
+            state.starting(offset);
             let hop = &hops[index];
             self.events
                 .send(Event::BlobStarted {
@@ -165,9 +164,7 @@ impl Fetcher {
                 hop.stats.add_bytes(moved);
                 self.moved.add(&hop.name, moved);
                 state.transferred += moved;
-                if !state.contributors.contains(&index) {
-                    state.contributors.push(index);
-                }
+                state.contributed(index);
             }
             match streamed {
                 Ok(()) => match writer.commit(None, 0, "").await {
@@ -189,7 +186,13 @@ impl Fetcher {
                 },
                 Err(Failure::Overrun) => {
                     drop(writer);
-                    self.store.abort(&reference).await?;
+                    // An ingest that never got a byte may not exist yet.
+                    match self.store.abort(&reference).await {
+                        Ok(_) | Err(StoreError::IngestNotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    // Its last batch was refused, not written: it is the one.
+                    state.contributed(index);
                     let detail =
                         format!("more than the {} bytes the descriptor declares", blob.size);
                     self.bad_bytes(&hops, &mut state, blob, detail).await?;
@@ -203,23 +206,22 @@ impl Fetcher {
                         hop.stats.add_error();
                     }
                     tracing::warn!(digest = %blob.digest, transport = %hop.name, at, error = %e, "fetch failed");
-                    let pause = state.failed(index, moved > 0, e);
-                    if let Some(next) = state.next_hop(&hops, at).filter(|(next, _)| *next != index)
-                    {
+                    let message = e.message.clone();
+                    if !state.failed(index, at, e) {
+                        return Err(state.exhausted(&self.route, &hops, blob));
+                    }
+                    let Some((next, _)) = state.next_hop(&hops, at) else {
+                        return Err(state.exhausted(&self.route, &hops, blob));
+                    };
+                    if next != index {
                         self.events
                             .send(Event::Warning(format!(
-                                "{} failed on {} at byte {at}: {}; continuing with {}",
-                                hop.name,
-                                blob.digest,
-                                state.last_message(),
-                                hops[next.0].name
+                                "{} failed on {} at byte {at}: {message}; continuing with {}",
+                                hop.name, blob.digest, hops[next].name
                             )))
                             .await?;
                     }
-                    match pause {
-                        Some(pause) => tokio::time::sleep(pause).await,
-                        None => return Err(state.exhausted(&self.route, blob)),
-                    }
+                    tokio::time::sleep(state.pause(index, next)).await;
                 }
             }
         }
@@ -242,16 +244,21 @@ impl Fetcher {
             .map(|&i| hops[i].name.as_str())
             .collect();
         let names = names.join(" and ");
-        for &i in &state.contributors {
-            hops[i].stats.add_bad_blob();
-        }
-        tracing::warn!(digest = %blob.digest, transports = %names, detail = %detail, "bad bytes");
-        self.events
-            .send(Event::Warning(format!(
-                "{names} sent bad bytes for {}: {detail}",
+        let warning = if state.inherited {
+            // Part of the ingest came from an earlier pull: nobody can be
+            // blamed, and the blob starts again from its first byte.
+            format!(
+                "{} (resumed from an earlier pull) failed verification: {detail}; fetching it again from the start",
                 blob.digest
-            )))
-            .await?;
+            )
+        } else {
+            for &i in &state.contributors {
+                hops[i].stats.add_bad_blob();
+            }
+            format!("{names} sent bad bytes for {}: {detail}", blob.digest)
+        };
+        tracing::warn!(digest = %blob.digest, transports = %names, detail = %detail, "bad bytes");
+        self.events.send(Event::Warning(warning)).await?;
         if state.corrupt >= MAX_CORRUPT_ATTEMPTS.max(hops.len() as u32) {
             return Err(TransferError::Corrupt {
                 digest: blob.digest.to_string(),
@@ -337,132 +344,6 @@ fn humanize(duration: Duration) -> String {
         format!("{}s", duration.as_secs())
     } else {
         format!("{}ms", duration.as_millis())
-    }
-}
-
-/// One blob's attempts across the route's transports.
-struct Attempts {
-    /// Transports given up for this blob (they do not have it, or sent bad
-    /// bytes while others remain).
-    excluded: Vec<bool>,
-    /// Where the search for the next transport starts.
-    cursor: usize,
-    /// Failures in a row without a byte of progress.
-    retries: u32,
-    /// Whole attempts whose bytes failed verification.
-    corrupt: u32,
-    /// Transports whose bytes are in the ingest.
-    contributors: Vec<usize>,
-    /// Bytes moved for this blob, all transports.
-    transferred: u64,
-    /// The latest failure, with the transport's name.
-    last: Option<TransportError>,
-}
-
-impl Attempts {
-    fn new(hops: usize) -> Attempts {
-        Attempts {
-            excluded: vec![false; hops],
-            cursor: 0,
-            retries: 0,
-            corrupt: 0,
-            contributors: Vec::new(),
-            transferred: 0,
-            last: None,
-        }
-    }
-
-    /// The next transport to try from the cursor, and whether it must start
-    /// from zero: at an offset, only ranged transports continue, unless none
-    /// is left.
-    fn next_hop(&self, hops: &[Hop], offset: u64) -> Option<(usize, bool)> {
-        let n = hops.len();
-        let candidates = (0..n)
-            .map(|i| (self.cursor + i) % n)
-            .filter(|&i| !self.excluded[i]);
-        let mut whole = None;
-        for i in candidates {
-            if offset == 0 || hops[i].transport.describe().capabilities.ranged_fetch {
-                return Some((i, false));
-            }
-            whole.get_or_insert(i);
-        }
-        whole.map(|i| (i, true))
-    }
-
-    /// Records a failed attempt on transport `index`; returns the pause
-    /// before the next attempt, or `None` to give up.
-    fn failed(
-        &mut self,
-        index: usize,
-        progressed: bool,
-        error: TransportError,
-    ) -> Option<Duration> {
-        let permanent = matches!(
-            error.kind,
-            ErrorKind::NotFound
-                | ErrorKind::PermissionDenied
-                | ErrorKind::InvalidArgument
-                | ErrorKind::OutOfRange
-                | ErrorKind::FailedPrecondition
-        );
-        self.last = Some(error);
-        if permanent {
-            self.excluded[index] = true;
-        }
-        if progressed {
-            self.retries = 0;
-        }
-        self.retries += 1;
-        let active = self.excluded.iter().filter(|gone| !**gone).count() as u32;
-        if active == 0 || self.retries > MAX_RETRIES * active {
-            return None;
-        }
-        let n = self.excluded.len();
-        let next = index + 1;
-        self.cursor = next % n;
-        // Handing over within a round is immediate; wrapping around to the
-        // first transport again means every one failed: back off.
-        if next < n && self.excluded[next..].iter().any(|gone| !*gone) {
-            Some(Duration::ZERO)
-        } else {
-            let rounds = self.retries.div_ceil(active).min(6);
-            Some(FIRST_BACKOFF * 2u32.pow(rounds - 1))
-        }
-    }
-
-    /// Skips the transports whose bytes were bad, unless none would be left.
-    fn distrust_contributors(&mut self) {
-        let others =
-            (0..self.excluded.len()).any(|i| !self.excluded[i] && !self.contributors.contains(&i));
-        if others {
-            for &i in &self.contributors {
-                self.excluded[i] = true;
-            }
-        }
-        self.contributors.clear();
-        self.cursor = 0;
-    }
-
-    fn last_message(&self) -> String {
-        self.last
-            .as_ref()
-            .map_or_else(String::new, |e| e.message.clone())
-    }
-
-    /// The error once no transport is left to try.
-    fn exhausted(&self, route: &Route, blob: &Descriptor) -> TransferError {
-        match &self.last {
-            Some(e) => TransferError::Transport {
-                registry: route.locator.registry.clone(),
-                source: e.clone(),
-            },
-            None => TransferError::NoTransport {
-                kind: ErrorKind::Unavailable,
-                locator: route.locator.to_string(),
-                detail: format!("no transport is left to fetch {}", blob.digest),
-            },
-        }
     }
 }
 

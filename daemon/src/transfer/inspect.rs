@@ -3,9 +3,13 @@
 //! against its digest.
 
 use distd_sdk::media::{self, ContentClass};
-use distd_sdk::{Descriptor, Hasher, Locator, Reference, Transport};
+use distd_sdk::{Descriptor, ErrorKind, Hasher, Locator, Reference, Transport, TransportError};
 
 use super::route::Route;
+
+/// How long one transport gets to send a whole document (at most
+/// [`media::MAX_MANIFEST_BYTES`]) before the next one is asked.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 use tokio_stream::StreamExt;
 
 use super::TransferError;
@@ -101,7 +105,24 @@ pub async fn inspect(
 async fn read_document(route: &Route, blob: &Descriptor) -> Result<Vec<u8>, TransferError> {
     let mut last = None;
     for hop in route.fetchers() {
-        match read_from(hop.transport.as_ref(), &route.locator, blob).await {
+        let read = read_from(hop.transport.as_ref(), &route.locator, blob);
+        let read = tokio::time::timeout(READ_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(TransferError::Transport {
+                    registry: route.locator.registry.clone(),
+                    source: TransportError::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "{} did not send {} within {}s",
+                            hop.name,
+                            blob.digest,
+                            READ_TIMEOUT.as_secs()
+                        ),
+                    ),
+                })
+            });
+        match read {
             Ok(bytes) => return Ok(bytes),
             Err(e) => {
                 tracing::info!(transport = %hop.name, digest = %blob.digest, error = %e, "trying the next transport");

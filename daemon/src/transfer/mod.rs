@@ -4,6 +4,7 @@
 //! stay as ingests under the lease: the next pull resumes them, and GC
 //! collects them once the lease expires.
 
+mod attempts;
 mod error;
 mod fetch;
 pub mod inspect;

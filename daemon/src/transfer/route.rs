@@ -103,11 +103,14 @@ impl Route {
             .collect()
     }
 
-    /// The first hop that accepts pushes.
+    /// The first hop that accepts pushes for this repository.
     pub fn pusher(&self) -> Result<Hop, TransferError> {
         self.hops
             .iter()
-            .find(|hop| hop.transport.describe().capabilities.push)
+            .find(|hop| {
+                let description = hop.transport.describe();
+                description.capabilities.push && description.serves(&self.locator)
+            })
             .cloned()
             .ok_or_else(|| self.none_can("push"))
     }

@@ -119,11 +119,26 @@ async fn a_stalled_transport_is_given_up_after_the_stall_timeout() {
         |e| matches!(e, Event::Warning(w) if w.contains("stuck failed") && w.contains("stalled")),
     );
     assert!(warned, "{events:?}");
-    // Every blob of at least 1000 bytes resumed on the origin at 1000.
-    let resumed = events.iter().any(|e| {
-        matches!(e, Event::BlobStarted { transport, resume_offset: 1000, .. } if transport == "fake")
-    });
-    assert!(resumed, "{events:?}");
+    // Every blob went on on the origin where the stuck transport stopped.
+    let sizes: Vec<(Digest, u64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::BlobStarted {
+                digest,
+                size,
+                transport,
+                ..
+            } if transport == "stuck" => Some((digest.clone(), *size)),
+            _ => None,
+        })
+        .collect();
+    assert!(sizes.iter().any(|(_, size)| *size > 1000), "{events:?}");
+    for (digest, size) in sizes {
+        assert_eq!(
+            transports_of_starts(&events, &digest),
+            [("stuck".to_owned(), 0), ("fake".to_owned(), size.min(1000))]
+        );
+    }
 }
 
 #[tokio::test]
@@ -184,4 +199,139 @@ async fn only_transports_that_resolve_are_asked_for_tags() {
     let err = result.unwrap_err();
     assert_eq!(err.kind(), distd_sdk::ErrorKind::FailedPrecondition);
     assert!(err.to_string().contains("can resolve tags"), "{err}");
+}
+
+/// A big layer of `origin`'s image (over 100 000 bytes).
+fn big_layer(origin: &Fake) -> Digest {
+    origin
+        .blobs
+        .iter()
+        .find(|(_, b)| b.len() > 100_000)
+        .map(|(d, _)| d.clone())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_ranged_transport_that_keeps_failing_backs_off_then_a_whole_blob_transport_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let mut origin = Fake::default();
+    let manifest = origin.image(7);
+    origin.tags.insert("1.0".into(), manifest);
+    let layer = big_layer(&origin);
+    let blobs = origin.blobs.clone();
+    // Sends 150 000 bytes, then cannot continue from an offset.
+    let mut ranged = named(
+        "ranged",
+        Fake {
+            cut_after: Some(150_000),
+            fail_ranged: true,
+            ..Fake::default()
+        },
+    );
+    ranged.blobs = blobs.clone();
+    let mut whole = named(
+        "whole",
+        Fake {
+            whole_only: true,
+            ..Fake::default()
+        },
+    );
+    whole.blobs = blobs;
+    let (ranged, whole) = (Arc::new(ranged), Arc::new(whole));
+    // The resolver holds no blob: its fetches are NOT_FOUND.
+    origin.blobs.clear();
+    let route = route(
+        "reg.test/app:1.0",
+        &[Arc::new(origin), Arc::clone(&ranged), Arc::clone(&whole)],
+    );
+    let started = std::time::Instant::now();
+    let (result, events) = pull_route(
+        &Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL),
+        route,
+        "reg.test/app:1.0",
+        PullOptions::default(),
+    )
+    .await;
+    result.unwrap();
+    let starts = transports_of_starts(&events, &layer);
+    // One try from 0, then retries at the offset (never the whole-blob
+    // transport, which would throw the bytes away) until they are deemed
+    // persistent; then the whole-blob transport starts over.
+    let at_offset = vec![("ranged".to_owned(), 150_000); fetch::MAX_RETRIES as usize - 1];
+    let mut expected = vec![("fake".to_owned(), 0), ("ranged".to_owned(), 0)];
+    expected.extend(at_offset);
+    expected.push(("whole".to_owned(), 0));
+    assert_eq!(starts, expected);
+    assert_eq!(whole.fetches.lock().unwrap()[&layer], [0]);
+    // Backed off between the retries (the same transport going again):
+    // 200 + 200 + 400 + 400 ms with two transports left.
+    assert!(started.elapsed() >= Duration::from_millis(1200));
+}
+
+#[tokio::test]
+async fn bytes_past_the_declared_size_are_blamed_on_the_transport_that_sent_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let mut origin = Fake::default();
+    let manifest = origin.image(8);
+    origin.tags.insert("1.0".into(), manifest);
+    let layer = big_layer(&origin);
+    let mut liar = named(
+        "liar",
+        Fake {
+            overrun: true,
+            ..Fake::default()
+        },
+    );
+    liar.blobs = origin.blobs.clone();
+    let blob_count = origin.blobs.len() as u64;
+    let route = route("reg.test/app:1.0", &[Arc::new(liar), Arc::new(origin)]);
+    let (liar_stats, origin_stats) = (
+        Arc::clone(&route.hops[0].stats),
+        Arc::clone(&route.hops[1].stats),
+    );
+    let (result, events) = pull_route(
+        &Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL),
+        route,
+        "reg.test/app:1.0",
+        PullOptions::default(),
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        transports_of_starts(&events, &layer),
+        [("liar".to_owned(), 0), ("fake".to_owned(), 0)]
+    );
+    // Every blob overran on the liar and came from the origin.
+    assert_eq!(liar_stats.bad_blobs.load(Ordering::Relaxed), blob_count);
+    assert_eq!(origin_stats.bad_blobs.load(Ordering::Relaxed), 0);
+    assert!(store.verify().await.unwrap().problems.is_empty());
+}
+
+#[tokio::test]
+async fn a_single_transport_is_retried_five_times_with_backoff_then_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let mut origin = Fake {
+        fail_always: true,
+        ..Fake::default()
+    };
+    let manifest = origin.image(9);
+    origin.tags.insert("1.0".into(), manifest);
+    let layer = big_layer(&origin);
+    let origin = Arc::new(origin);
+    let started = std::time::Instant::now();
+    let (result, _) = pull(
+        &Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL),
+        Arc::clone(&origin),
+        "reg.test/app:1.0",
+        PullOptions::default(),
+    )
+    .await;
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), distd_sdk::ErrorKind::Unavailable, "{err}");
+    assert_eq!(origin.fetch_count(&layer), 1 + fetch::MAX_RETRIES as usize);
+    // 200 + 400 + 800 + 1600 + 3200 ms.
+    assert!(started.elapsed() >= Duration::from_millis(6200));
 }
