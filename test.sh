@@ -32,6 +32,29 @@ if ((${#missing_packages[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing_packages[@]}"
 fi
 
+# The S3-compatible server of the S3 tests (moto's stand-alone server) comes
+# from PyPI, not Debian.
+if ! command -v moto_server >/dev/null 2>&1; then
+    echo "test.sh: installing moto[server]" >&2
+    pip_command=(python3 -m pip)
+    if command -v pip3 >/dev/null 2>&1; then
+        pip_command=(pip3)
+    elif command -v pip >/dev/null 2>&1; then
+        pip_command=(pip)
+    fi
+    # A Debian-managed Python refuses plain installs (PEP 668).
+    "${pip_command[@]}" install -q "moto[server]" ||
+        "${pip_command[@]}" install -q --break-system-packages "moto[server]"
+    hash -r
+    if ! command -v moto_server >/dev/null 2>&1 && command -v pyenv >/dev/null 2>&1; then
+        pyenv rehash
+    fi
+    if ! command -v moto_server >/dev/null 2>&1; then
+        echo "test.sh: moto_server is not on PATH after pip install \"moto[server]\"" >&2
+        exit 1
+    fi
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "test.sh: installing cargo-nextest" >&2
     cargo install --locked cargo-nextest

@@ -8,8 +8,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod routing;
+mod s3;
 
 pub use routing::{PluginConfig, REGISTRY_TRANSPORT, RouteConfig, valid_plugin_name};
+pub use s3::S3Settings;
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,9 @@ pub struct Config {
     /// wins; registries no route matches use `["registry"]`.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// S3-direct transports (`[[s3]]`).
+    #[serde(default)]
+    pub s3: Vec<S3Settings>,
 }
 
 /// `[registries."host:port"]`.
@@ -411,7 +416,9 @@ impl Config {
                 });
             }
         }
-        routing::validate(&self.plugins, &self.routes)
+        routing::validate(&self.plugins, &self.routes)?;
+        let taken: Vec<&str> = self.plugins.iter().map(|p| p.name.as_str()).collect();
+        s3::validate(&self.s3, &taken)
     }
 
     /// The registry transport's settings; `config_file` is where this

@@ -145,6 +145,13 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
     table
         .add_configured(&config.plugins)
         .context("adding the [[plugin]] entries")?;
+    for (i, s3) in config.s3.iter().enumerate() {
+        let transport = distd_plugin_s3::S3Transport::new(s3.transport_config())
+            .map_err(|e| anyhow::anyhow!("config key `s3[{i}]` ({}): {e}", s3.name))?;
+        table
+            .add_builtin(&s3.name, Arc::new(transport))
+            .with_context(|| format!("adding the s3 transport {}", s3.name))?;
+    }
     let router = plugins::Router::new(config.routes.clone(), table.clone());
     let pulls = transfer::PullDefaults::from(&config.transfer);
     let pushes = transfer::PushOptions {

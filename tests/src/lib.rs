@@ -23,6 +23,7 @@ pub mod plugins;
 pub mod proxy;
 pub mod registry;
 pub mod rpc;
+pub mod s3;
 pub mod token_server;
 pub mod transfer;
 

@@ -3,10 +3,15 @@
 //! plain HTTP or TLS (optionally requiring client certificates), anonymous
 //! or behind htpasswd or token auth ([`Registry::builder`]).
 //!
+//! Its storage is a directory of its own, or a bucket of an S3-compatible
+//! server ([`RegistryBuilder::s3`], e.g. [`crate::s3::S3Server`]); a
+//! registry can be stopped and started again on the same storage
+//! ([`Registry::stop`], [`Registry::restart`]).
+//!
 //! The tools are installed by `./test.sh` (its `APT_TOOLS` list). A missing
 //! tool fails the test with a message saying so; nothing is skipped.
 
-use std::fs;
+use std::fs::{self, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -40,11 +45,14 @@ pub fn require_tool(command: &str, package: &str) -> PathBuf {
         })
 }
 
-/// A running registry; dropping it kills the process and removes its storage.
+/// A running registry; dropping it kills the process and removes its storage
+/// (a bucket's keys stay: they are the S3 server's).
 pub struct Registry {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    /// The `docker-registry` binary it runs.
+    bin: PathBuf,
     /// Credentials `skopeo` pushes with (`--dest-creds`).
     creds: Option<(String, String)>,
     /// Whether the registry serves HTTPS.
@@ -67,9 +75,20 @@ enum Auth {
     },
 }
 
+/// Where a [`RegistryBuilder`]'s registry stores content: a bucket of an
+/// S3-compatible server (Distribution's `s3` storage driver).
+#[derive(Debug, Clone)]
+struct S3Storage {
+    endpoint: String,
+    bucket: String,
+    root_directory: String,
+    access_key: String,
+    secret_key: String,
+}
+
 /// Options of a registry to start: TLS, client certificates, basic or
-/// token auth. Made by [`Registry::builder`]; [`RegistryBuilder::start`]
-/// starts it.
+/// token auth, S3 storage. Made by [`Registry::builder`];
+/// [`RegistryBuilder::start`] starts it.
 #[derive(Debug, Clone)]
 pub struct RegistryBuilder {
     /// The PKI whose server certificate the registry serves HTTPS with.
@@ -77,6 +96,8 @@ pub struct RegistryBuilder {
     /// Require client certificates signed by the PKI's CA (mutual TLS).
     client_certs: bool,
     auth: Auth,
+    /// A bucket instead of the registry's own directory.
+    s3: Option<S3Storage>,
 }
 
 impl RegistryBuilder {
@@ -117,6 +138,52 @@ impl RegistryBuilder {
         self
     }
 
+    /// Store content in `bucket` of the S3-compatible server at `endpoint`
+    /// (e.g. [`crate::s3::S3Server::endpoint`]) under `root_directory`
+    /// (e.g. `/root1`), path-style, plain HTTP, signing with access key
+    /// `test`:`test` (see [`RegistryBuilder::s3_credentials`]), instead of
+    /// a directory. Blobs are served by the registry itself (no redirects to
+    /// the bucket).
+    pub fn s3(mut self, endpoint: &str, bucket: &str, root_directory: &str) -> RegistryBuilder {
+        self.s3 = Some(S3Storage {
+            endpoint: endpoint.to_owned(),
+            bucket: bucket.to_owned(),
+            root_directory: root_directory.to_owned(),
+            access_key: "test".to_owned(),
+            secret_key: "test".to_owned(),
+        });
+        self
+    }
+
+    /// Sign S3 requests with these credentials (after [`RegistryBuilder::s3`]).
+    pub fn s3_credentials(mut self, access_key: &str, secret_key: &str) -> RegistryBuilder {
+        let s3 = self
+            .s3
+            .as_mut()
+            .expect("s3_credentials needs s3(endpoint, bucket, root) first");
+        s3.access_key = access_key.to_owned();
+        s3.secret_key = secret_key.to_owned();
+        self
+    }
+
+    /// The `storage:` section of the config.
+    fn storage_section(&self, dir: &Path) -> String {
+        let driver = match &self.s3 {
+            None => format!(
+                "  filesystem:\n    rootdirectory: {}\n",
+                dir.join("data").display()
+            ),
+            Some(s3) => format!(
+                "  s3:\n    accesskey: {}\n    secretkey: {}\n    region: us-east-1\n    \
+                 regionendpoint: {}\n    bucket: {}\n    rootdirectory: {}\n    \
+                 secure: false\n    v4auth: true\n    forcepathstyle: true\n  \
+                 redirect:\n    disable: true\n",
+                s3.access_key, s3.secret_key, s3.endpoint, s3.bucket, s3.root_directory
+            ),
+        };
+        format!("storage:\n{driver}  delete:\n    enabled: true\n")
+    }
+
     /// Starts the registry and waits until it answers.
     pub fn start(self) -> Registry {
         let registry_bin = require_tool(REGISTRY_BIN, "docker-registry");
@@ -148,42 +215,19 @@ impl RegistryBuilder {
         }
         let config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
-            dir.path().join("data").display()
+             {}http:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
+            self.storage_section(dir.path())
         );
-        let config_path = dir.path().join("config.yml");
-        fs::write(&config_path, config).expect("write the registry config");
-        let log = fs::File::create(dir.path().join("registry.log")).expect("create registry.log");
-        let child = Command::new(registry_bin)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
+        fs::write(dir.path().join("config.yml"), config).expect("write the registry config");
         let mut registry = Registry {
-            child: Some(child),
+            child: None,
             port,
             dir,
+            bin: registry_bin,
             creds,
             tls: self.tls.is_some(),
         };
-        // A TLS listener answers plain HTTP with a 400 before any handshake,
-        // so the same probe serves both.
-        poll_until(
-            Duration::from_secs(20),
-            "docker-registry to answer GET /v2/",
-            || {
-                if let Some(child) = registry.child.as_mut()
-                    && let Ok(Some(status)) = child.try_wait()
-                {
-                    panic!("docker-registry exited with {status}:\n{}", registry.log());
-                }
-                answers_v2(port).then_some(())
-            },
-        );
+        registry.spawn_and_wait();
         registry
     }
 
@@ -243,6 +287,7 @@ impl Registry {
             tls: None,
             client_certs: false,
             auth: Auth::None,
+            s3: None,
         }
     }
 
@@ -256,7 +301,86 @@ impl Registry {
         self.tls
     }
 
-    /// The registry's log so far.
+    /// Starts `docker-registry serve config.yml`, its output appended to
+    /// `registry.log`, and waits until it answers `GET /v2/`.
+    fn spawn_and_wait(&mut self) {
+        assert!(self.child.is_none(), "the registry is running already");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("registry.log"))
+            .expect("open registry.log");
+        let child = Command::new(&self.bin)
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            // Distribution's s3 driver panics (LoadCustomCABundleError) on a
+            // CA bundle it cannot use; the tests' S3 server is plain HTTP.
+            .env_remove("AWS_CA_BUNDLE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        self.child = Some(child);
+        let port = self.port;
+        // A TLS listener answers plain HTTP with a 400 before any handshake,
+        // so the same probe serves both.
+        poll_until(
+            Duration::from_secs(20),
+            "docker-registry to answer GET /v2/",
+            || {
+                if let Some(child) = self.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!("docker-registry exited with {status}:\n{}", self.log());
+                }
+                answers_v2(port).then_some(())
+            },
+        );
+    }
+
+    /// Kills the registry process and reaps it; its storage stays. Requests
+    /// to [`Registry::host`] are refused until [`Registry::restart`].
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("the registry is running");
+        child.kill().ok();
+        child.wait().expect("reap docker-registry");
+    }
+
+    /// Starts the registry again on the same config, port and storage (after
+    /// [`Registry::stop`]) and waits until it answers.
+    pub fn restart(&mut self) {
+        self.spawn_and_wait();
+    }
+
+    /// Whether the registry process runs (not stopped, not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// The tags of repository `repo` the registry lists
+    /// (`GET /v2/<repo>/tags/list`, through `skopeo list-tags`), sorted.
+    pub fn list_tags(&self, repo: &str) -> Vec<String> {
+        let mut command = self.skopeo();
+        command.arg("list-tags");
+        self.access_args(&mut command, "--");
+        command.arg(format!("docker://{}/{repo}", self.host()));
+        let out = self.run(command, &format!("skopeo list-tags {repo}"));
+        let listed: serde_json::Value = serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("skopeo list-tags printed no JSON ({e})"));
+        let mut tags: Vec<String> = listed["Tags"]
+            .as_array()
+            .unwrap_or_else(|| panic!("skopeo list-tags printed no Tags: {listed}"))
+            .iter()
+            .map(|t| t.as_str().unwrap_or_default().to_owned())
+            .collect();
+        tags.sort();
+        tags
+    }
+
+    /// The registry's log so far (all runs).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
@@ -398,7 +522,7 @@ impl Drop for Registry {
 }
 
 /// A port nothing listens on right now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     listener.local_addr().expect("a bound address").port()
 }

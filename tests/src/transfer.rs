@@ -6,7 +6,7 @@ use crate::cli::CliOutput;
 use crate::oci::Image;
 use crate::proxy::{Fault, FaultProxy};
 use crate::registry::{Registry, layout_blob_digests};
-use crate::{Daemon, args, distctl};
+use crate::{Daemon, args, distctl, rpc};
 
 /// The events `distctl --json push` (or `copy`) printed, one JSON object
 /// per line.
@@ -70,4 +70,34 @@ pub fn proxy_for(registry: &Registry, fault: Fault) -> FaultProxy {
 /// `distctl --json push TARGET --from LOCAL`.
 pub fn push(d: &Daemon, target: &str, local: &str) -> CliOutput {
     distctl(d, args!["--json", "push", target, "--from", local])
+}
+
+/// Panics unless the store holds every blob of `image` with its bytes, the
+/// store verifies clean, and `images ls` names `name` with the image's
+/// manifest as target.
+pub async fn assert_pulled(d: &Daemon, name: &str, image: &Image) {
+    let client = d.client().await;
+    for blob in image.blobs() {
+        let stored = rpc::read(&client, &blob.digest)
+            .await
+            .unwrap_or_else(|s| panic!("{} {} not stored: {s}", blob.media_type, blob.digest));
+        assert!(
+            stored == blob.bytes,
+            "the stored {} {} differs from the image's",
+            blob.media_type,
+            blob.digest
+        );
+    }
+    let verify = distctl(d, args!["--json", "verify"]).success().json();
+    assert_eq!(verify["problems"], serde_json::json!([]), "{verify}");
+    let images = distctl(d, args!["--json", "images", "ls"]).success().json();
+    let listed = images
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["name"] == name))
+        .unwrap_or_else(|| panic!("images ls does not list {name}: {images}"));
+    assert_eq!(
+        listed["target"]["digest"],
+        image.manifest.digest.as_str(),
+        "{listed}"
+    );
 }

@@ -17,8 +17,8 @@ use distd_tests::oci::{Blob, Image};
 use distd_tests::plugins::{self, PluginProcess};
 use distd_tests::proxy::Fault;
 use distd_tests::registry::Registry;
-use distd_tests::transfer::{of_kind, parse_events, proxy_for};
-use distd_tests::{Daemon, DaemonOpts, MIB, args, bin_path, distctl, rpc};
+use distd_tests::transfer::{assert_pulled, of_kind, parse_events, proxy_for};
+use distd_tests::{Daemon, DaemonOpts, MIB, args, bin_path, distctl};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 
@@ -78,36 +78,6 @@ fn push(registry: &Registry, image: &Image, repo_tag: &str) {
 /// A daemon with this config text.
 fn daemon(config: &str) -> Daemon {
     Daemon::start_with(DaemonOpts::with_config(config))
-}
-
-/// Panics unless the store holds every blob of `image` with its bytes, the
-/// store verifies clean, and `images ls` names `name` with the image's
-/// manifest as target.
-async fn assert_pulled(d: &Daemon, name: &str, image: &Image) {
-    let client = d.client().await;
-    for blob in image.blobs() {
-        let stored = rpc::read(&client, &blob.digest)
-            .await
-            .unwrap_or_else(|s| panic!("{} {} not stored: {s}", blob.media_type, blob.digest));
-        assert!(
-            stored == blob.bytes,
-            "the stored {} {} differs from the image's",
-            blob.media_type,
-            blob.digest
-        );
-    }
-    let verify = distctl(d, args!["--json", "verify"]).success().json();
-    assert_eq!(verify["problems"], serde_json::json!([]), "{verify}");
-    let images = distctl(d, args!["--json", "images", "ls"]).success().json();
-    let listed = images
-        .as_array()
-        .and_then(|all| all.iter().find(|i| i["name"] == name))
-        .unwrap_or_else(|| panic!("images ls does not list {name}: {images}"));
-    assert_eq!(
-        listed["target"]["digest"],
-        image.manifest.digest.as_str(),
-        "{listed}"
-    );
 }
 
 /// The `(transport, resume_offset)` of every `blob_started` event of `digest`.

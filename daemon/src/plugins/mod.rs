@@ -199,6 +199,17 @@ impl Plugins {
         }
     }
 
+    /// Adds a transport linked into the daemon (an `[[s3]]` entry) under
+    /// `name`; it cannot be unregistered.
+    pub fn add_builtin(
+        &self,
+        name: &str,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Arc<Plugin>, PluginsError> {
+        check_name(name)?;
+        self.insert(Plugin::new(name.to_owned(), Origin::Builtin, transport))
+    }
+
     /// Adds the config's `[[plugin]]` entries, starting the `exec` ones. A
     /// plugin that is not up yet is no error: routes skip it until it is.
     pub fn add_configured(&self, configs: &[PluginConfig]) -> Result<(), PluginsError> {
