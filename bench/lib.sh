@@ -1,4 +1,5 @@
-# Shared by bench/pull.sh and bench/push.sh (sourced; not run on its own).
+# Shared by bench/pull.sh, bench/push.sh and bench/s3.sh (sourced; not run
+# on its own).
 # The caller sets `script` (its name, for messages) and APT_TOOLS before
 # calling these.
 
@@ -73,16 +74,16 @@ describe_machine() {
     df -h /tmp /work "$work" | sed 's/^/   /'
 }
 
-# Writes the benchmark image to $layout: an OCI layout of 8 random
-# uncompressed layers of $1 MiB, tagged "1". Sets `layers` (their files),
-# `layer_digests`, `manifest_hex` and `manifest_size`.
+# Writes the benchmark image to $layout: an OCI layout of $2 (default 8)
+# random uncompressed layers of $1 MiB, tagged "1". Sets `layers` (their
+# files), `layer_digests`, `manifest_hex` and `manifest_size`.
 make_layout() {
-    local mib=$1 hex arch i layer_descs=() layer_json config_size config_hex
+    local mib=$1 count=${2:-8} hex arch i layer_descs=() layer_json config_size config_hex
     mkdir -p "$layout/blobs/sha256"
     case $(uname -m) in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
     layers=()
     layer_digests=()
-    for i in $(seq 8); do
+    for i in $(seq "$count"); do
         head -c "${mib}M" /dev/urandom > "$layout/new"
         hex=$(add_blob "$layout/new")
         layers+=("$layout/blobs/sha256/$hex")
@@ -107,7 +108,7 @@ make_layout() {
           digest: $m, size: $ms, annotations: {"org.opencontainers.image.ref.name": "1"}}]}' \
         > "$layout/index.json"
     echo '{"imageLayoutVersion":"1.0.0"}' > "$layout/oci-layout"
-    echo "== image: 8 x $mib MiB layers (application/vnd.oci.image.layer.v1.tar), manifest sha256:${manifest_hex:0:12}"
+    echo "== image: $count x $mib MiB layers (application/vnd.oci.image.layer.v1.tar), manifest sha256:${manifest_hex:0:12}"
 }
 add_blob() { # moves file $1 into the layout; prints its hex digest
     local hex
