@@ -17,6 +17,35 @@ fn named(name: &str, fake: Fake) -> Fake {
     }
 }
 
+/// A registry-like fake holding image `seed` tagged `1.0`, and one of its
+/// big layers (over 100 000 bytes).
+fn origin_of(seed: u8) -> (Fake, Digest) {
+    let mut origin = Fake::default();
+    let manifest = origin.image(seed);
+    origin.tags.insert("1.0".into(), manifest);
+    let layer = big_layer(&origin);
+    (origin, layer)
+}
+
+/// A fetch-only transport `name` behaving as `behaviour` says, holding
+/// `origin`'s blobs.
+fn copy_of(name: &str, behaviour: Fake, origin: &Fake) -> Fake {
+    Fake {
+        blobs: origin.blobs.clone(),
+        ..named(name, behaviour)
+    }
+}
+
+/// A big layer of `origin`'s image (over 100 000 bytes).
+fn big_layer(origin: &Fake) -> Digest {
+    origin
+        .blobs
+        .iter()
+        .find(|(_, b)| b.len() > 100_000)
+        .map(|(d, _)| d.clone())
+        .unwrap()
+}
+
 fn transports_of_starts(events: &[Event], digest: &Digest) -> Vec<(String, u64)> {
     events
         .iter()
@@ -45,23 +74,15 @@ fn bytes_by_transport(events: &[Event]) -> std::collections::BTreeMap<String, u6
 async fn a_transport_that_dies_mid_blob_hands_over_at_the_stored_offset() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    let mut origin = Fake::default();
-    let manifest = origin.image(3);
-    origin.tags.insert("1.0".into(), manifest);
-    let layer = origin
-        .blobs
-        .iter()
-        .find(|(_, b)| b.len() > 100_000)
-        .map(|(d, _)| d.clone())
-        .unwrap();
-    let mut flaky = named(
+    let (origin, layer) = origin_of(3);
+    let flaky = copy_of(
         "flaky",
         Fake {
             cut_after: Some(150_000),
             ..Fake::default()
         },
+        &origin,
     );
-    flaky.blobs = origin.blobs.clone();
     let (flaky, origin) = (Arc::new(flaky), Arc::new(origin));
     let (result, events) = pull_route(
         &Puller::new(store.clone(), DEFAULT_PULL_LEASE_TTL),
@@ -92,17 +113,15 @@ async fn a_transport_that_dies_mid_blob_hands_over_at_the_stored_offset() {
 async fn a_stalled_transport_is_given_up_after_the_stall_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    let mut origin = Fake::default();
-    let manifest = origin.image(4);
-    origin.tags.insert("1.0".into(), manifest);
-    let mut stuck = named(
+    let (origin, _) = origin_of(4);
+    let stuck = copy_of(
         "stuck",
         Fake {
             stall_after: Some(1000),
             ..Fake::default()
         },
+        &origin,
     );
-    stuck.blobs = origin.blobs.clone();
     let options = PullOptions {
         stall_timeout: Duration::from_millis(300),
         ..PullOptions::default()
@@ -145,23 +164,15 @@ async fn a_stalled_transport_is_given_up_after_the_stall_timeout() {
 async fn bad_bytes_are_counted_and_the_next_transport_serves_the_blob() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    let mut origin = Fake::default();
-    let manifest = origin.image(5);
-    origin.tags.insert("1.0".into(), manifest);
-    let layer = origin
-        .blobs
-        .iter()
-        .find(|(_, b)| b.len() > 100_000)
-        .map(|(d, _)| d.clone())
-        .unwrap();
-    let mut liar = named(
+    let (origin, layer) = origin_of(5);
+    let liar = copy_of(
         "liar",
         Fake {
             corrupt: Some(layer.clone()),
             ..Fake::default()
         },
+        &origin,
     );
-    liar.blobs = origin.blobs.clone();
     let route = route("reg.test/app:1.0", &[Arc::new(liar), Arc::new(origin)]);
     let liar_stats = Arc::clone(&route.hops[0].stats);
     let (result, events) = pull_route(
@@ -201,43 +212,29 @@ async fn only_transports_that_resolve_are_asked_for_tags() {
     assert!(err.to_string().contains("can resolve tags"), "{err}");
 }
 
-/// A big layer of `origin`'s image (over 100 000 bytes).
-fn big_layer(origin: &Fake) -> Digest {
-    origin
-        .blobs
-        .iter()
-        .find(|(_, b)| b.len() > 100_000)
-        .map(|(d, _)| d.clone())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_ranged_transport_that_keeps_failing_backs_off_then_a_whole_blob_transport_starts_over() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    let mut origin = Fake::default();
-    let manifest = origin.image(7);
-    origin.tags.insert("1.0".into(), manifest);
-    let layer = big_layer(&origin);
-    let blobs = origin.blobs.clone();
+    let (mut origin, layer) = origin_of(7);
     // Sends 150 000 bytes, then cannot continue from an offset.
-    let mut ranged = named(
+    let ranged = copy_of(
         "ranged",
         Fake {
             cut_after: Some(150_000),
             fail_ranged: true,
             ..Fake::default()
         },
+        &origin,
     );
-    ranged.blobs = blobs.clone();
-    let mut whole = named(
+    let whole = copy_of(
         "whole",
         Fake {
             whole_only: true,
             ..Fake::default()
         },
+        &origin,
     );
-    whole.blobs = blobs;
     let (ranged, whole) = (Arc::new(ranged), Arc::new(whole));
     // The resolver holds no blob: its fetches are NOT_FOUND.
     origin.blobs.clear();
@@ -273,18 +270,15 @@ async fn a_ranged_transport_that_keeps_failing_backs_off_then_a_whole_blob_trans
 async fn bytes_past_the_declared_size_are_blamed_on_the_transport_that_sent_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    let mut origin = Fake::default();
-    let manifest = origin.image(8);
-    origin.tags.insert("1.0".into(), manifest);
-    let layer = big_layer(&origin);
-    let mut liar = named(
+    let (origin, layer) = origin_of(8);
+    let liar = copy_of(
         "liar",
         Fake {
             overrun: true,
             ..Fake::default()
         },
+        &origin,
     );
-    liar.blobs = origin.blobs.clone();
     let blob_count = origin.blobs.len() as u64;
     let route = route("reg.test/app:1.0", &[Arc::new(liar), Arc::new(origin)]);
     let (liar_stats, origin_stats) = (
