@@ -416,9 +416,9 @@ impl Config {
                 });
             }
         }
-        routing::validate(&self.plugins, &self.routes)?;
-        let taken: Vec<&str> = self.plugins.iter().map(|p| p.name.as_str()).collect();
-        s3::validate(&self.s3, &taken)
+        let mut names = std::collections::HashSet::new();
+        routing::validate(&self.plugins, &self.routes, &mut names)?;
+        s3::validate(&self.s3, &mut names)
     }
 
     /// The registry transport's settings; `config_file` is where this
@@ -462,8 +462,14 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Parses and validates config `text`; the error as text.
+    pub fn check(text: &str) -> Result<(), String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())
+    }
 
     #[test]
     fn sizes_and_percentages_parse() {

@@ -51,27 +51,40 @@ pub fn valid_plugin_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// Checks that `name` (at config key `key`) can name a transport and is
+/// not taken yet, and takes it.
+pub fn claim_name<'a>(
+    key: String,
+    name: &'a str,
+    taken: &mut HashSet<&'a str>,
+) -> Result<(), ConfigError> {
+    if !valid_plugin_name(name) {
+        return Err(ConfigError::InvalidEntry {
+            key,
+            message: format!(
+                "{name:?} is not a transport name: use lower-case letters, digits, '-' and '_'"
+            ),
+        });
+    }
+    if name == REGISTRY_TRANSPORT || !taken.insert(name) {
+        return Err(ConfigError::InvalidEntry {
+            key,
+            message: format!("{name:?} is already taken"),
+        });
+    }
+    Ok(())
+}
+
 /// Checks `[[plugin]]` and `[[route]]` entries; a bad one is named by its
 /// position, e.g. `plugin[2].exec`.
-pub fn validate(plugins: &[PluginConfig], routes: &[RouteConfig]) -> Result<(), ConfigError> {
+pub fn validate<'a>(
+    plugins: &'a [PluginConfig],
+    routes: &[RouteConfig],
+    names: &mut HashSet<&'a str>,
+) -> Result<(), ConfigError> {
     let invalid = |key: String, message: String| ConfigError::InvalidEntry { key, message };
-    let mut names = HashSet::new();
     for (i, plugin) in plugins.iter().enumerate() {
-        if !valid_plugin_name(&plugin.name) {
-            return Err(invalid(
-                format!("plugin[{i}].name"),
-                format!(
-                    "{:?} is not a plugin name: use lower-case letters, digits, '-' and '_'",
-                    plugin.name
-                ),
-            ));
-        }
-        if plugin.name == REGISTRY_TRANSPORT || !names.insert(plugin.name.as_str()) {
-            return Err(invalid(
-                format!("plugin[{i}].name"),
-                format!("{:?} is already taken", plugin.name),
-            ));
-        }
+        claim_name(format!("plugin[{i}].name"), &plugin.name, names)?;
         match (&plugin.socket, plugin.exec.is_empty()) {
             (Some(_), false) | (None, true) => {
                 return Err(invalid(
@@ -122,11 +135,7 @@ pub fn validate(plugins: &[PluginConfig], routes: &[RouteConfig]) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
-
-    fn check(text: &str) -> Result<(), String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.validate().map_err(|e| e.to_string())
-    }
+    use crate::config::tests::check;
 
     #[test]
     fn plugins_and_routes_parse() {

@@ -3,7 +3,10 @@
 
 use serde::Deserialize;
 
-use super::{ConfigError, REGISTRY_TRANSPORT, valid_plugin_name};
+use std::collections::HashSet;
+
+use super::ConfigError;
+use super::routing::claim_name;
 
 use distd_plugin_s3::MIN_PART_SIZE;
 
@@ -75,32 +78,18 @@ impl S3Settings {
     }
 }
 
-/// Checks the `[[s3]]` entries; `taken` holds the names used so far.
-pub fn validate(entries: &[S3Settings], taken: &[&str]) -> Result<(), ConfigError> {
+/// Checks the `[[s3]]` entries; `taken` holds the transport names used so
+/// far.
+pub fn validate<'a>(
+    entries: &'a [S3Settings],
+    taken: &mut HashSet<&'a str>,
+) -> Result<(), ConfigError> {
     let invalid = |i: usize, field: &str, message: String| ConfigError::InvalidEntry {
         key: format!("s3[{i}]{field}"),
         message,
     };
-    let mut names: Vec<&str> = taken.to_vec();
     for (i, entry) in entries.iter().enumerate() {
-        if !valid_plugin_name(&entry.name) {
-            return Err(invalid(
-                i,
-                ".name",
-                format!(
-                    "{:?} is not a transport name: use lower-case letters, digits, '-' and '_'",
-                    entry.name
-                ),
-            ));
-        }
-        if entry.name == REGISTRY_TRANSPORT || names.contains(&entry.name.as_str()) {
-            return Err(invalid(
-                i,
-                ".name",
-                format!("{:?} is already taken", entry.name),
-            ));
-        }
-        names.push(&entry.name);
+        claim_name(format!("s3[{i}].name"), &entry.name, taken)?;
         if entry.bucket.is_empty() {
             return Err(invalid(i, ".bucket", "name the registry's bucket".into()));
         }
@@ -144,11 +133,7 @@ pub fn validate(entries: &[S3Settings], taken: &[&str]) -> Result<(), ConfigErro
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
-
-    fn check(text: &str) -> Result<(), String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.validate().map_err(|e| e.to_string())
-    }
+    use crate::config::tests::check;
 
     #[test]
     fn entries_parse_and_bad_ones_are_named() {
