@@ -24,12 +24,15 @@
 //! use distd_sdk::{Algorithm, Descriptor, Digest, Reference, Transport, media};
 //!
 //! # struct MyTransport;
+//! # fn missing(what: impl std::fmt::Display) -> distd_sdk::TransportError {
+//! #     distd_sdk::TransportError::new(distd_sdk::ErrorKind::NotFound, format!("{what}"))
+//! # }
 //! # #[distd_sdk::plugin::async_trait]
 //! # impl Transport for MyTransport {
-//! #     fn describe(&self) -> distd_sdk::Description { unimplemented!() }
-//! #     async fn resolve(&self, _: &Reference) -> Result<Descriptor, distd_sdk::TransportError> { unimplemented!() }
-//! #     async fn fetch(&self, _: &distd_sdk::Locator, _: &Descriptor, _: u64) -> Result<distd_sdk::ByteStream, distd_sdk::TransportError> { unimplemented!() }
-//! #     async fn stat(&self, _: &distd_sdk::Locator, _: &Digest) -> Result<Option<u64>, distd_sdk::TransportError> { unimplemented!() }
+//! #     fn describe(&self) -> distd_sdk::Description { distd_sdk::Description::default() }
+//! #     async fn resolve(&self, r: &Reference) -> Result<Descriptor, distd_sdk::TransportError> { Err(missing(r)) }
+//! #     async fn fetch(&self, _: &distd_sdk::Locator, d: &Descriptor, _: u64) -> Result<distd_sdk::ByteStream, distd_sdk::TransportError> { Err(missing(&d.digest)) }
+//! #     async fn stat(&self, _: &distd_sdk::Locator, _: &Digest) -> Result<Option<u64>, distd_sdk::TransportError> { Ok(None) }
 //! # }
 //! # impl MyTransport { fn with_image(_: &str, _: &[u8], _: &[u8]) -> Self { MyTransport } }
 //! #[tokio::test]
